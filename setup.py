@@ -1,0 +1,32 @@
+"""ssl4eo-jax: self-supervised pre-training on Sentinel-2 imagery in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ssl4eo-jax",
+    version="0.1.0",
+    description="Self-supervised learning for multispectral Sentinel-2 imagery in JAX/Flax",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["ssl4eo_jax", "ssl4eo_jax.*", "configs", "configs.*", "data_prep", "data_prep.*"]),
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "grain==0.2.18",
+        "array_record==0.8.6",
+        "ml_collections==1.1.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scikit-learn>=1.4"],
+        "tfds": ["tensorflow-datasets>=4.9"],
+    },
+    entry_points={"console_scripts": ["ssl4eo-jax=ssl4eo_jax.main:run"]},
+)

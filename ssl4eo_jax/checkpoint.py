@@ -1,0 +1,120 @@
+"""Orbax checkpoints of the train state, the data-iterator state and the config.
+
+``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (params, batch_stats, optimizer
+state, method extras, step), ``data`` (one Grain iterator state file per process) and ``config``
+(JSON). Every process calls save and restore; the state restores into an abstract tree that
+carries the shardings of the current mesh. Before restoring, the saved config is compared with the
+current one so that a checkpoint of a different model or method fails with a readable message
+instead of a shape error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from ssl4eo_jax.errors import UserError
+
+# Settings that change the state's structure or the data stream: a checkpoint is only resumable
+# when they match. (Epochs/steps may grow: resuming to train longer is allowed.)
+COMPATIBILITY_KEYS = (
+    "method", "model.name", "model.stem", "model.width", "data.global_batch", "data.name", "data.dir",
+    "optim.name", "seed",
+)
+
+
+class IncompatibleCheckpointError(UserError):
+    """The checkpoint in the work directory was written with a different config."""
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two configs in the keys that must match."""
+    keys = list(COMPATIBILITY_KEYS)
+    method = current.get("method")
+    if method and isinstance(current.get(method), dict):
+        keys += [f"{method}.{k}" for k in current[method]]
+    out = []
+    for key in keys:
+        a, b = _get(saved, key), _get(current, key)
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            a = list(a) if isinstance(a, (list, tuple)) else a
+            b = list(b) if isinstance(b, (list, tuple)) else b
+        if a != b:
+            out.append(f"config.{key}: checkpoint has {a!r}, this run has {b!r}")
+    return out
+
+
+class Checkpointer:
+    """Saves and restores (state, data iterator, config) under ``<workdir>/checkpoints``."""
+
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+            item_names=("state", "data", "config"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter: Any, config: dict[str, Any]) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iter),
+                config=ocp.args.JsonSave(config),
+            ),
+        )
+
+    def saved_config(self, step: int) -> dict[str, Any]:
+        restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(restored["config"])
+
+    def restore(self, step: int, state_like: Any, data_iter: Any, config: dict[str, Any]) -> Any:
+        """Restores the state (with ``state_like``'s shapes and shardings) and the iterator."""
+        problems = config_mismatches(self.saved_config(step), config)
+        if problems:
+            raise IncompatibleCheckpointError(
+                f"The checkpoint at {self.directory}/{step} comes from an incompatible config:\n  "
+                + "\n  ".join(problems)
+                + "\nUse a new --workdir for this config, or run with the checkpoint's settings to resume it."
+            )
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like
+        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract),
+                    data=grain.checkpoint.CheckpointRestore(data_iter),
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise IncompatibleCheckpointError(
+                f"The checkpoint at {self.directory}/{step} does not fit this run's state ({e}). "
+                "Use a new --workdir, or the checkpoint's config."
+            ) from e
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

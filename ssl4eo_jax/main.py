@@ -1,0 +1,62 @@
+"""Entry point: ``python -m ssl4eo_jax.main --config=configs/barlow.py [--workdir=DIR] [--config.x=y]``."""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ssl4eo_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/<name>.py[:<preset>]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go "
+                               "(default: runs/<method>_<dataset>). Re-running with the same one resumes.")
+flags.mark_flag_as_required("config")
+
+TASKS = ("pretrain",)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config.task not in TASKS:
+        raise app.UsageError(f"Unknown task {config.task!r} (config.task); available: {', '.join(TASKS)}.")
+    workdir = _WORKDIR.value or os.path.join("runs", f"{config.method}_{config.data.name}")
+    logging.info("Config:\n%s", config)
+    from ssl4eo_jax import train  # imported here so that --help is fast
+    from ssl4eo_jax.cache import enable_compilation_cache
+
+    enable_compilation_cache()
+
+    try:
+        train.run(config, workdir)
+    except UserError as e:  # our messages name the culprit and the fix; no traceback needed
+        sys.exit(f"error: {e}")
+
+
+class _QuietLibraries:
+    """Keeps the INFO chatter of orbax and grain out of the log (warnings still show)."""
+
+    NOISY = ("/orbax/", "/grain/")
+
+    def filter(self, record) -> bool:  # noqa: A003 - logging.Filter protocol
+        return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
+def _setup_logging() -> None:
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def run() -> None:
+    app.call_after_init(_setup_logging)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

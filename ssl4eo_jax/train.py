@@ -1,0 +1,212 @@
+"""Self-supervised pre-training, then evaluation of the frozen encoder, in one readable loop.
+
+Read top to bottom: logging, mesh, input, model, state, step, checkpoint, loop, evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from ssl4eo_jax import augment, sharding
+from ssl4eo_jax.checkpoint import Checkpointer
+from ssl4eo_jax.data import pipeline
+from ssl4eo_jax.data.datasets import load_dataset_manifest
+from ssl4eo_jax.data.manifest import DatasetError
+from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.evaluators import evaluate_frozen, frozen_encoder
+from ssl4eo_jax.methods import get_method
+from ssl4eo_jax.methods.base import Method
+from ssl4eo_jax.optim import make_optimizer
+from ssl4eo_jax.report import MetricsLog, summary_table, write_json
+
+State = dict[str, Any]
+INIT_KEY, AUGMENT_KEY = 0, 1
+
+
+def init_variables(method: Method, config: Any, num_bands: int) -> tuple[dict[str, Any], Any]:
+    """The method's initial variables and extra state (a pure function of config.seed)."""
+    key = jax.random.fold_in(jax.random.key(config.seed), INIT_KEY)
+    size = config.aug.crop_size
+    return method.init(key, jnp.zeros((2, size, size, num_bands), jnp.float32))
+
+
+def init_state(method: Method, tx: optax.GradientTransformation, config: Any, num_bands: int,
+               mesh: jax.sharding.Mesh) -> State:
+    """The initial train state, created directly as replicated arrays on the mesh."""
+
+    def init() -> State:
+        variables, extra = init_variables(method, config, num_bands)
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": variables["params"],
+            "batch_stats": variables["batch_stats"],
+            "opt": tx.init(variables["params"]),
+            "extra": extra,
+        }
+
+    return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+
+
+def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable, config: Any,
+                    mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh) -> Callable:
+    """The jitted step: augment on device, loss and gradients of the global batch, update."""
+    aug_key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_KEY)
+    mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
+
+    def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
+        step = state["step"]
+        images = augment.normalize(batch["image"], mean_j, std_j)
+        views = list(augment.two_views(jax.random.fold_in(aug_key, step), images, batch["index"], config.aug))
+
+        def loss_fn(params: Any) -> tuple[jax.Array, Any]:
+            return method.loss(params, state["batch_stats"], state["extra"], views, step)
+
+        (loss, (batch_stats, extra, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        extra = method.after_update(params, extra, step)
+        new_state = {"step": step + 1, "params": params, "batch_stats": batch_stats, "opt": opt, "extra": extra}
+        return new_state, {"loss": loss, "lr": lr_fn(step), **aux}
+
+    state_sharding = sharding.replicated(mesh)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
+        out_shardings=(state_sharding, state_sharding),
+        donate_argnums=(0,),
+    )
+
+
+def total_steps(config: Any, steps_per_epoch: int) -> int:
+    if config.train.get("steps", 0) and config.train.steps > 0:
+        return int(config.train.steps)
+    return max(1, int(math.ceil(config.train.epochs * steps_per_epoch)))
+
+
+def encoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
+    return {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Pre-trains, evaluates and writes results into ``workdir``; returns the results dict."""
+    began = time.time()
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    config_dict = config.to_dict()
+    if is_main:
+        write_json(os.path.join(workdir, "config.json"), config_dict)
+
+    # Mesh.
+    mesh = sharding.make_mesh()
+    logging.info("JAX %s on %d %s device(s), %d process(es)", jax.__version__, jax.device_count(),
+                 jax.devices()[0].platform, jax.process_count())
+    global_batch = config.data.global_batch
+    sharding.check_batch_size(global_batch, mesh)
+
+    # Input.
+    manifest = load_dataset_manifest(config.data)
+    sources = {s: SplitSource(manifest, s) for s in ("train", "val", "test") if s in manifest.splits}
+    if "train" not in sources:
+        raise DatasetError(f"{manifest.root} has no train split; it has {sorted(manifest.splits)}.")
+    spe = pipeline.steps_per_epoch(sources["train"], global_batch)
+    n_steps = total_steps(config, spe)
+    logging.info("Dataset %s at %s: %s; %d bands %s; %d classes", manifest.dataset, manifest.root,
+                 {s: len(src) for s, src in sources.items()}, manifest.num_bands, manifest.shape, manifest.num_classes)
+    logging.info("Pre-training %s for %d steps (%.1f epochs of %d steps) at global batch %d", config.method,
+                 n_steps, n_steps / spe, spe, global_batch)
+    mean, std = manifest.band_stats()
+
+    # Model, optimizer, state, step.
+    method = get_method(config)
+    tx, lr_fn = make_optimizer(config.optim, spe, n_steps)
+    state = init_state(method, tx, config, manifest.num_bands, mesh)
+    train_step = make_train_step(method, tx, lr_fn, config, mean, std, mesh)
+    data_iter = pipeline.DeviceIterator(
+        pipeline.train_dataset(sources["train"], global_batch, config.seed), mesh, workers=config.data.workers,
+        threads=config.data.get("threads", 2),
+    )
+
+    # Checkpoint: resume when the work directory has one.
+    ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    start = ckpt.latest_step() or 0
+    if start:
+        state = ckpt.restore(start, state, data_iter, config_dict)
+        logging.info("Resumed from %s at step %d", ckpt.directory, start)
+    metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start, enabled=is_main)
+
+    # Loop.
+    log_every, ckpt_every = config.train.log_every, config.train.checkpoint_every
+    window_start, window_steps, compile_seconds, train_seconds, last = time.time(), 0, 0.0, 0.0, {}
+    bar = tqdm(total=n_steps, initial=start, desc=f"pre-training {config.method}", unit="step", disable=not is_main)
+    for step in range(start, n_steps):
+        batch = next(data_iter)
+        state, metrics = train_step(state, batch)
+        window_steps += 1
+        if step == start:  # Time the compilation apart from the throughput.
+            jax.block_until_ready(metrics)
+            compile_seconds = time.time() - window_start
+            logging.info("Compiled and ran the first step in %.1f s", compile_seconds)
+            window_start, window_steps = time.time(), 0
+        done = step + 1
+        if done % log_every == 0 or done == n_steps:
+            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            elapsed = time.time() - window_start
+            train_seconds += elapsed
+            ips = window_steps * global_batch / elapsed if window_steps else float("nan")
+            record = {"step": done, "epoch": done / spe, **last, "images_per_sec": ips}
+            metrics_log.write(record)
+            bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{ips:.0f}")
+            logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s", done, n_steps, last["loss"], last["lr"], ips)
+            if not np.isfinite(last["loss"]):
+                raise FloatingPointError(
+                    f"The loss is {last['loss']} at step {done}. Lower config.optim.lr or check the input "
+                    f"statistics in {manifest.root}/manifest.json."
+                )
+            window_start, window_steps = time.time(), 0
+        if done % ckpt_every == 0 or done == n_steps:
+            ckpt.save(done, state, data_iter, config_dict)
+        bar.update(1)
+    bar.close()
+    ckpt.close()
+    data_iter.close()
+    trained = n_steps - start
+    ips_mean = (trained - 1) * global_batch / train_seconds if trained > 1 and train_seconds > 0 else None
+
+    # Evaluation: the pre-trained encoder and the same encoder at its random initialisation.
+    results: dict[str, Any] = {
+        "method": config.method, "dataset": manifest.dataset, "data_dir": manifest.root,
+        "devices": jax.device_count(), "platform": jax.devices()[0].platform, "processes": jax.process_count(),
+        "global_batch": global_batch, "steps": n_steps, "epochs": n_steps / spe, "resumed_from": start,
+        "final_metrics": last, "compile_seconds": compile_seconds, "train_images_per_sec": ips_mean,
+    }
+    if config.eval.enabled:
+        init_vars, _ = jax.jit(lambda: init_variables(method, config, manifest.num_bands))()
+        trained_vars = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        frozen = frozen_encoder(method.encoder, mesh, config.eval, mean, std)
+        results["pretrained"] = evaluate_frozen(frozen, encoder_variables(trained_vars), sources, config.eval,
+                                                "pre-trained")
+        results["random_init"] = evaluate_frozen(frozen, encoder_variables(init_vars), sources, config.eval,
+                                                 "random-init", recompute_bn=True)
+    results["wall_seconds"] = time.time() - began
+    if is_main:
+        write_json(os.path.join(workdir, "results.json"), results)
+        if config.eval.enabled:
+            split = "test" if "test" in sources else [s for s in sources if s != "train"][0]
+            table = summary_table(results, split)
+            with open(os.path.join(workdir, "results.md"), "w") as f:
+                f.write(f"# {config.method} on {manifest.dataset} ({split} split)\n\n{table}\n")
+            print(f"\nFrozen-encoder evaluation on the {split} split of {manifest.dataset}:\n{table}\n")
+        print(f"Results in {os.path.abspath(workdir)} (results.json, metrics.jsonl, checkpoints/); "
+              f"{results['wall_seconds']:.0f} s in all.")
+    return results

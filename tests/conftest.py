@@ -1,0 +1,52 @@
+"""Test setup: 8 simulated CPU devices (set before JAX is imported) and a tiny demo dataset."""
+
+import os
+import tempfile
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiled programs are shared by the tests (and the subprocesses they start) through JAX's cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ssl4eo_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # Grain's multiprocessing reads absl flags.
+
+TINY_SIZES = {"train": 96, "val": 48, "test": 48}
+TINY_PATCH = 36
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> str:
+    """A small demo dataset (24 px patches), generated once per test session."""
+    from data_prep.demo import generate
+
+    out = str(tmp_path_factory.mktemp("data") / "demo_tiny")
+    return generate(out, TINY_SIZES, size=TINY_PATCH, seed=0, records_per_shard=40, progress=False)
+
+
+def tiny_config(data_dir: str, **overrides):
+    """The Barlow Twins config at toy scale: 32 px crops, a small projector, a few steps."""
+    from configs import barlow
+
+    config = barlow.get_config("demo")
+    config.data.dir = data_dir
+    config.data.global_batch = 32
+    config.data.workers = 0
+    config.aug.crop_size = 32
+    config.barlow.projector = (64, 64, 64)
+    config.train.steps = 4
+    config.train.log_every = 1
+    config.train.checkpoint_every = 2
+    config.optim.warmup_epochs = 0.0
+    config.eval.batch = 32
+    config.eval.linear.epochs = 5
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

@@ -1,0 +1,83 @@
+"""The training loop: device-count invariance, the whole job in miniature, resume and its guards."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ssl4eo_jax import sharding, train
+from ssl4eo_jax.checkpoint import IncompatibleCheckpointError
+from ssl4eo_jax.data import load_manifest, pipeline
+from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.methods import get_method
+from ssl4eo_jax.optim import make_optimizer
+from ssl4eo_jax.report import read_metrics
+
+from conftest import tiny_config
+
+
+def _losses_on(devices, config, manifest, steps=3):
+    method = get_method(config)
+    src = SplitSource(manifest, "train")
+    spe = pipeline.steps_per_epoch(src, config.data.global_batch)
+    tx, lr_fn = make_optimizer(config.optim, spe, 10)
+    mesh = sharding.make_mesh(devices)
+    mean, std = manifest.band_stats()
+    state = train.init_state(method, tx, config, manifest.num_bands, mesh)
+    step_fn = train.make_train_step(method, tx, lr_fn, config, mean, std, mesh)
+    it = pipeline.DeviceIterator(pipeline.train_dataset(src, config.data.global_batch, config.seed), mesh, workers=0)
+    losses = []
+    for _ in range(steps):
+        state, metrics = step_fn(state, next(it))
+        losses.append(float(metrics["loss"]))
+    it.close()
+    return losses, jax.tree.map(np.asarray, state["params"])
+
+
+def test_one_and_eight_devices_give_the_same_losses(demo_dir):
+    config = tiny_config(demo_dir)
+    manifest = load_manifest(demo_dir)
+    one, params_one = _losses_on(jax.devices()[:1], config, manifest)
+    eight, params_eight = _losses_on(jax.devices(), config, manifest)
+    np.testing.assert_allclose(one, eight, rtol=1e-4)
+    assert one[0] != one[-1]  # it did train
+    kernel = lambda p: p["encoder"]["conv1"]["kernel"]  # noqa: E731
+    np.testing.assert_allclose(kernel(params_one), kernel(params_eight), rtol=1e-3, atol=1e-5)
+
+
+def test_whole_job_writes_results_and_resumes(demo_dir, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(demo_dir)
+    results = train.run(config, workdir)
+    printed = capsys.readouterr().out
+    assert "| method | kNN (OA %) | linear (OA %) | random-init kNN | random-init linear |" in printed
+    saved = json.load(open(os.path.join(workdir, "results.json")))
+    assert saved["steps"] == 4 and saved["resumed_from"] == 0 and saved["devices"] == 8
+    for which in ("pretrained", "random_init"):
+        for protocol in ("knn", "linear"):
+            for split in ("val", "test"):
+                assert 0.0 <= saved[which][protocol][split]["oa"] <= 100.0
+    assert saved["pretrained"]["knn"]["test"]["oa"] == pytest.approx(results["pretrained"]["knn"]["test"]["oa"])
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["images_per_sec"] > 0 for r in records[1:])
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+    # Training longer with the same workdir resumes from the last checkpoint.
+    longer = tiny_config(demo_dir, **{"train.steps": 6, "eval.enabled": False})
+    results = train.run(longer, workdir)
+    assert results["resumed_from"] == 4 and results["steps"] == 6
+    assert [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3, 4, 5, 6]
+
+    # A checkpoint of a different model is refused with the differing keys named.
+    other = tiny_config(demo_dir, **{"barlow.projector": (32, 32, 32), "eval.enabled": False})
+    with pytest.raises(IncompatibleCheckpointError, match=r"config.barlow.projector: checkpoint has \[64, 64, 64\]"):
+        train.run(other, workdir)
+
+
+def test_unknown_method_is_named(demo_dir):
+    config = tiny_config(demo_dir, method="dino2")
+    with pytest.raises(ValueError, match="Unknown method 'dino2'.*available: barlow"):
+        get_method(config)
