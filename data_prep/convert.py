@@ -2,7 +2,7 @@
 
 A converter lists its input items per split (cheap, in the main process), then hands a ``Job`` to
 ``run``: the shards are written by ``data_prep.writer`` (parallel, resumable, deterministic), the band
-statistics come from the train split, and ``manifest.json`` is written last. ``conversion.json``
+statistics come from the train split (or ``--stats-split``), and ``manifest.json`` is written last. ``conversion.json``
 pins the options and item lists of a conversion, so a re-run with the same command resumes it while
 a re-run with different options into the same ``--out`` stops instead of mixing two datasets.
 """
@@ -40,6 +40,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="skip unreadable or inconsistent patches (listed in skipped.json) instead of stopping")
     parser.add_argument("--records-per-shard", type=int, default=None,
                         help=f"patches per shard (default: about {SHARD_TARGET_BYTES >> 20} MiB of pixels)")
+    parser.add_argument("--stats-split", default="train",
+                        help="split whose pixels give the manifest's band mean/std (default: train)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -110,15 +112,16 @@ def run(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     """Writes every split of ``job`` into ``args.out`` and the manifest; returns the manifest."""
     out = args.out
     splits = {name: items for name, items in job.splits.items() if len(items)}
-    if "train" not in splits:
+    stats_split = args.stats_split
+    if stats_split not in splits:
         raise DatasetError(
-            f"No patch of {args.src} falls into the train split, whose band statistics the manifest needs "
-            f"(split sizes: { {k: len(v) for k, v in job.splits.items()} })."
+            f"No patch of {args.src} falls into the {stats_split} split, whose band statistics the manifest "
+            f"needs (split sizes: { {k: len(v) for k, v in job.splits.items()} }); choose another with --stats-split."
         )
     per_shard = args.records_per_shard or auto_records_per_shard(job.manifest["shape"], job.manifest["dtype"])
     _check_fingerprint(out, {
         "converter": job.converter, "converter_version": job.version, "options": job.options,
-        "records_per_shard": per_shard,
+        "records_per_shard": per_shard, "stats_split": stats_split,
         "splits": {name: {"count": len(items), "sha256": _digest(items)} for name, items in splits.items()},
     })
     began = time.time()
@@ -128,8 +131,8 @@ def run(job: Job, args: argparse.Namespace) -> dict[str, Any]:
             out, name, items, job.make_record, records_per_shard=per_shard, workers=args.workers,
             skip_bad=args.skip_bad, progress=not args.no_progress,
         )
-    if summaries["train"].stats.count == 0:
-        raise DatasetError(f"Every patch of the train split was skipped or filtered; see {out}/{SKIPPED_NAME}.")
+    if summaries[stats_split].stats.count == 0:
+        raise DatasetError(f"Every patch of the {stats_split} split was skipped or filtered; see {out}/{SKIPPED_NAME}.")
     skipped = list(job.problems.entries if job.problems else [])
     skipped += [{"split": s.split, **e} for s in summaries.values() for e in s.skipped]
     filtered = [{"split": s.split, **e} for s in summaries.values() for e in s.filtered]
@@ -141,7 +144,7 @@ def run(job: Job, args: argparse.Namespace) -> dict[str, Any]:
         "converter": f"data_prep.{job.converter}",
         "converter_version": job.version,
         **job.manifest,
-        "band_stats": band_stats_entry(summaries["train"].stats, "train"),
+        "band_stats": band_stats_entry(summaries[stats_split].stats, stats_split),
         "splits": {name: s.manifest_entry() for name, s in summaries.items()},
         "skipped": {"count": len(skipped), "file": SKIPPED_NAME},
         "filtered": {"count": len(filtered), "file": FILTERED_NAME if filtered else None},
