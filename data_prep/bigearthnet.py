@@ -212,6 +212,10 @@ def v2_splits(args: argparse.Namespace, s1_root: str | None, problems: Problems)
         problems.report("none", patch, f"{os.path.join(s2_root, on_disk[patch])}: patch missing from the metadata {metadata}")
     splits: dict[str, list] = {s: [] for s in SPLITS}
     notes = {"listed but not on disk": 0, "on disk, excluded (snow/cloud/shadow)": len(set(on_disk) & excluded)}
+    if args.allow_partial:
+        present = table["patch_id"].isin(set(on_disk))
+        notes["listed but not on disk"] = int((~present).sum())
+        table = table[present]
     for patch, labels, split, s1_name in table.itertuples(index=False):
         if split not in V2_SPLITS:
             raise DatasetError(f"{metadata}: patch {patch} has split {split!r}, not one of {sorted(V2_SPLITS)}")

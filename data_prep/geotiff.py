@@ -37,7 +37,7 @@ def read_raster(
             found = (src.height, src.width)
             accepted = [tuple(shape)] if shape and isinstance(shape[0], int) else [tuple(s) for s in shape or ()]
             if accepted and found not in accepted:
-                want = " or ".join(str(s) for s in accepted)
+                want = " or ".join(f"{h}x{w}" for h, w in accepted)
                 raise BadPatch(f"{path}: raster is {found[0]}x{found[1]} px, expected {want}")
             if count is not None and src.count != count:
                 raise BadPatch(f"{path}: has {src.count} bands, expected {count}")

@@ -37,7 +37,7 @@ def read_rows(path: str) -> list[list[str]]:
             lines = f.read().splitlines()
     except (OSError, EOFError, pickle.UnpicklingError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read the list ({e})") from e
-    return [[cell.strip() for cell in line.split(",")] for line in lines if line.strip()]
+    return [line.strip().split(",") for line in lines if line.strip()]
 
 
 def read_names(path: str) -> list[str]:
