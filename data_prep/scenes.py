@@ -265,7 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the +1000 DN offset of processing baseline >= 04.00 (see above)")
     args = parser.parse_args(argv)
     args.stride = args.stride or args.patch_size
-    return run(build_job(args), args)
+    try:
+        return run(build_job(args), args)
+    finally:
+        _whole_band.cache_clear()  # no stale pixels if the files change before the next conversion in-process
 
 
 if __name__ == "__main__":

@@ -237,7 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--allow-partial", action="store_true",
                         help="with --split-dir: convert the listed patches found on disk instead of stopping")
     args = parser.parse_args(argv)
-    return run(build_job(args), args)
+    try:
+        return run(build_job(args), args)
+    finally:
+        load_labels.cache_clear()
 
 
 if __name__ == "__main__":

@@ -50,11 +50,22 @@ class Options:
     dtype: str | None  # None: as in the file
 
 
-@functools.lru_cache(maxsize=4)
+_FILES: dict = {}  # path -> open h5py.File, one per process
+
+
 def _open(path: str):
     import h5py
 
-    return h5py.File(path, "r")
+    if path not in _FILES:
+        _FILES[path] = h5py.File(path, "r")
+    return _FILES[path]
+
+
+def close_files() -> None:
+    """Closes the cached HDF5 handles and drops the cached blocks (end of a conversion)."""
+    _block.cache_clear()
+    while _FILES:
+        _FILES.popitem()[1].close()
 
 
 @functools.lru_cache(maxsize=2)
@@ -152,7 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
                         help="store in this dtype (default: as in the file, float64 in the real archive)")
     args = parser.parse_args(argv)
-    return run(build_job(args), args)
+    try:
+        return run(build_job(args), args)
+    finally:
+        close_files()
 
 
 if __name__ == "__main__":

@@ -193,7 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split-fractions", help="cut a train-only dataset, e.g. 0.6,0.2,0.2")
     parser.add_argument("--split-seed", type=int, default=0)
     args = parser.parse_args(argv)
-    return run(build_job(args), args)
+    try:
+        return run(build_job(args), args)
+    finally:
+        _sources.cache_clear()
 
 
 if __name__ == "__main__":
