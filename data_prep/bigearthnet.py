@@ -141,6 +141,14 @@ def _v1_s1_pairs(lists_dir: str, s1_root: str) -> dict[str, str]:
     return pairs
 
 
+def _missing(problems: Problems, notes: dict, allow_partial: bool, split: str, name: str, folder: str,
+             listed_in: str) -> None:
+    """A listed patch without its folder: an error (skipped with --skip-bad), or counted with --allow-partial."""
+    if not allow_partial:
+        problems.report(split, name, f"{folder}: patch folder missing (listed in {listed_in})")
+    notes["listed but not on disk"] += 1
+
+
 def v1_splits(args: argparse.Namespace, s1_root: str | None, problems: Problems) -> tuple[dict[str, list], dict]:
     """Items per split from the official lists, minus the exclusion lists; counts for the summary."""
     lists_dir = args.splits or args.src
@@ -171,10 +179,7 @@ def v1_splits(args: argparse.Namespace, s1_root: str | None, problems: Problems)
                 notes["listed in a split and in an exclusion list (dropped)"] += 1
                 continue
             if name not in on_disk:
-                if not args.allow_partial:
-                    problems.report(split, name, f"{os.path.join(args.src, name)}: patch folder missing "
-                                                 f"(listed in {path})")
-                notes["listed but not on disk"] += 1
+                _missing(problems, notes, args.allow_partial, split, name, os.path.join(args.src, name), path)
                 continue
             s1_name = ""
             if s1_root:
@@ -221,10 +226,8 @@ def v2_splits(args: argparse.Namespace, s1_root: str | None, problems: Problems)
             raise DatasetError(f"{metadata}: patch {patch} has split {split!r}, not one of {sorted(V2_SPLITS)}")
         ours = V2_SPLITS[split]
         if patch not in on_disk:
-            if not args.allow_partial:
-                problems.report(ours, patch, f"{os.path.join(s2_root, patch.rsplit('_', 2)[0], patch)}: "
-                                             f"patch folder missing (listed in {metadata})")
-            notes["listed but not on disk"] += 1
+            folder = os.path.join(s2_root, patch.rsplit("_", 2)[0], patch)
+            _missing(problems, notes, args.allow_partial, ours, patch, folder, metadata)
             continue
         try:
             indices = nomenclature.indices_19(list(labels), f"{metadata} (patch {patch})")

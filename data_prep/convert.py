@@ -10,6 +10,7 @@ a re-run with different options into the same ``--out`` stops instead of mixing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,6 +28,7 @@ from ssl4eo_jax.errors import UserError
 FINGERPRINT_NAME = "conversion.json"
 SKIPPED_NAME = "skipped.json"
 FILTERED_NAME = "filtered.json"
+LOCK_NAME = "conversion.lock"
 SHARD_TARGET_BYTES = 128 << 20  # uncompressed image bytes per shard when --records-per-shard is unset
 
 
@@ -119,6 +121,26 @@ def run(job: Job, args: argparse.Namespace) -> dict[str, Any]:
             f"needs (split sizes: { {k: len(v) for k, v in job.splits.items()} }); choose another with --stats-split."
         )
     per_shard = args.records_per_shard or auto_records_per_shard(job.manifest["shape"], job.manifest["dtype"])
+    os.makedirs(out, exist_ok=True)
+    with _exclusive(out):
+        return _run_locked(job, args, splits, stats_split, per_shard)
+
+
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """Holds ``<out>/conversion.lock`` so that two runs never write into one directory at once."""
+    import fcntl
+
+    with open(os.path.join(out, LOCK_NAME), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DatasetError(f"Another conversion is writing into {out}; wait for it or stop it first.") from None
+        yield
+
+
+def _run_locked(job: Job, args: argparse.Namespace, splits: dict, stats_split: str, per_shard: int) -> dict[str, Any]:
+    out = args.out
     _check_fingerprint(out, {
         "converter": job.converter, "converter_version": job.version, "options": job.options,
         "records_per_shard": per_shard, "stats_split": stats_split,

@@ -16,6 +16,7 @@ import functools
 import json
 import multiprocessing
 import os
+import signal
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -157,7 +158,7 @@ def write_split(
     written_now = 0
     if workers > 1 and len(todo) > 1:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, len(todo))) as pool:
+        with ctx.Pool(min(workers, len(todo)), initializer=_ignore_sigint) as pool:
             for k, meta in pool.imap_unordered(job, todo):
                 metas[k] = meta
                 written_now += len(meta["ids"])
@@ -190,6 +191,11 @@ def write_split(
         seconds=time.time() - began,
         filtered=filtered,
     )
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them (no traceback from each worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _shard_job(make_record: RecordFn, out_dir: str, split: str, total: int, skip_bad: bool,
