@@ -94,3 +94,48 @@ def test_inspect_prints_the_summary_and_writes_a_preview(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 5000
     rgb = inspect.to_rgb(np.random.default_rng(0).integers(0, 3000, (8, 8, 13)).astype(np.uint16), bands.S2_BANDS)
     assert rgb.shape == (8, 8, 3) and rgb.min() >= 0 and rgb.max() <= 1
+
+
+def _record(stop_at, item):
+    from data_prep.writer import PatchRecord
+    from ssl4eo_jax.data.records import encode_record
+
+    if item == stop_at:
+        raise KeyboardInterrupt  # what Ctrl-C raises in the converting process
+    image = np.full((4, 4, 2), int(item[1:]), np.uint16)
+    return PatchRecord(encode_record(image, f"p{item}"), f"p{item}", image)
+
+
+def test_ctrl_c_leaves_only_complete_shards_and_a_rerun_finishes_them(tmp_path):
+    import functools
+
+    from data_prep.writer import write_split
+
+    items = [f"f{i}" for i in range(10)]
+    with pytest.raises(KeyboardInterrupt):
+        write_split(str(tmp_path / "a"), "train", items, functools.partial(_record, "f5"), records_per_shard=3, progress=False)
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert [n for n in names if n.endswith(".array_record")] == ["train-00000-of-00004.array_record"]
+    assert "train-00001-of-00004.array_record.tmp" in names
+    summary = write_split(str(tmp_path / "a"), "train", items, functools.partial(_record, None), records_per_shard=3,
+                          progress=False)
+    assert summary.written_now == 7 and summary.size == 10
+    write_split(str(tmp_path / "b"), "train", items, functools.partial(_record, None), records_per_shard=3, progress=False)
+    from prep_helpers import shard_digests
+
+    assert shard_digests(tmp_path / "a") == shard_digests(tmp_path / "b")
+
+
+def test_two_conversions_never_write_into_one_directory(tmp_path):
+    from test_prep_eurosat import make_archive
+
+    from data_prep import convert as runner
+    from data_prep import eurosat
+    from ssl4eo_jax.data.manifest import DatasetError
+
+    src = make_archive(str(tmp_path / "src"), per_class=1)
+    (tmp_path / "out").mkdir()
+    with runner._exclusive(str(tmp_path / "out")):
+        with pytest.raises(DatasetError, match="Another conversion is writing into"):
+            convert(eurosat, "--src", src, "--out", tmp_path / "out")
+    assert convert(eurosat, "--src", src, "--out", tmp_path / "out", "--split-fractions", "1,0,0")["splits"]["train"]["size"] == 10
