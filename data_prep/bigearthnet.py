@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 from data_prep import bigearthnet_classes as nomenclature
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.lists import find_list, read_names, read_rows
 from data_prep.resample import METHODS, resize
@@ -282,7 +282,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--version", type=int, choices=(1, 2), required=True, help="archive version")
     parser.add_argument("--splits", help="v1: folder of the official split and exclusion lists (default: --src)")
     parser.add_argument("--metadata", help=f"v2: the metadata parquet (default: SRC/{V2_METADATA})")

@@ -32,8 +32,13 @@ LOCK_NAME = "conversion.lock"
 SHARD_TARGET_BYTES = 128 << 20  # uncompressed image bytes per shard when --records-per-shard is unset
 
 
+def converter_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose help shows the converter's docstring, with the flags every converter has."""
+    return add_common_args(argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--src --out --workers --skip-bad --records-per-shard --no-progress``."""
+    """``--src --out --workers --skip-bad --records-per-shard --stats-split --no-progress``."""
     parser.add_argument("--src", required=True, help="the archive as downloaded and extracted")
     parser.add_argument("--out", required=True, help="output directory (re-run the same command to resume)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,

@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from data_prep.bands import S2_BANDS
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.lists import find_list, read_names, stratified_split
 from data_prep.writer import BadPatch, PatchRecord
@@ -132,7 +132,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--split-dir", help="folder with <prefix>-{train,val,test}.txt split lists")
     parser.add_argument("--split-prefix", default="eurosat", help="list name prefix (e.g. eurosat-spatial)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified split (no lists)")

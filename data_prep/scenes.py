@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.bands import S2_BANDS, canonical_band, s2_sorted
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import raster_info, read_raster
 from data_prep.resample import METHODS, resample_window, source_window
 from data_prep.writer import BadPatch, Filtered, PatchRecord
@@ -250,7 +250,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--patch-size", type=int, default=256)
     parser.add_argument("--stride", type=int, default=None, help="default: the patch size (no overlap)")
     parser.add_argument("--bands", help="bands to keep, e.g. B02,B03,B04,B08 (multi-band files: their bands in file order)")
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="mask values that count as cloud (default: any non-zero)")
     parser.add_argument("--max-cloud", type=float, default=0.1, help="largest cloudy fraction kept (default 0.1)")
     parser.add_argument("--offset", choices=("auto", "remove", "keep"), default="auto",
-                        help="the +1000 DN offset of processing baseline >= 04.00 (see above)")
+                        help="the +1000 DN offset of processing baseline >= 04.00 (auto: removed where a scene carries it)")
     args = parser.parse_args(argv)
     args.stride = args.stride or args.patch_size
     try:

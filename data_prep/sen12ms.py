@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from data_prep.bands import S1_BANDS, S2_BANDS
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.lists import find_list, read_names
 from data_prep.writer import BadPatch, PatchRecord
@@ -226,7 +226,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--labels", required=True, help="IGBP_probability_labels.pkl")
     parser.add_argument("--s1", action="store_true", help="append S1 VV, VH (records become float32)")
     parser.add_argument("--tile", type=int, default=128, help="tile size in px (256 keeps whole patches)")

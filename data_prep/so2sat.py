@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.writer import BadPatch, PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
@@ -156,7 +156,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--variant", choices=VARIANTS, default="v2",
                         help="v2: the h5 files are in --src; else the version-3 subfolder of --src")
     parser.add_argument("--s1", action="store_true", help="append the 8 sen1 channels after the 10 sen2 bands")

@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from data_prep.bands import S1_BANDS, S2_BANDS, S2_GSD, canonical_band
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.resample import METHODS, resize
 from data_prep.writer import BadPatch, PatchRecord
@@ -127,7 +127,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--modality", choices=sorted(MODALITIES), required=True)
     parser.add_argument("--seasons", type=int, default=4, help="timestamps per location (locations with others are bad)")
     parser.add_argument("--size", type=int, default=GRID, help="output grid in px (264 = 10 m)")

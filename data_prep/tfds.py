@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from data_prep.bands import S2_BANDS, canonical_band
-from data_prep.convert import Job, Problems, add_common_args, main_guard, run
+from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.lists import stratified_split
 from data_prep.resample import METHODS, resize
 from data_prep.writer import BadPatch, PatchRecord
@@ -182,7 +182,7 @@ def build_job(args: argparse.Namespace) -> Job:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = converter_parser(__doc__)
     parser.add_argument("--name", required=True, help="TFDS name with config (and version), e.g. eurosat/all")
     parser.add_argument("--image-keys", help="comma-separated image features (default: known for the dataset)")
     parser.add_argument("--label-key", default=None, help="label feature (default: label or labels; '' for none)")
