@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# The archive converters in data_prep/ (GeoTIFF, HDF5, parquet, TFDS readers).
+PREP = ["rasterio>=1.3", "h5py>=3.8", "pandas>=2.0", "pyarrow>=12", "tensorflow-datasets>=4.9"]
+
 setup(
     name="ssl4eo-jax",
     version="0.1.0",
@@ -25,8 +28,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", *PREP],
         "tfds": ["tensorflow-datasets>=4.9"],
+        "prep": PREP,
     },
     entry_points={"console_scripts": ["ssl4eo-jax=ssl4eo_jax.main:run"]},
 )

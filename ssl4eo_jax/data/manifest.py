@@ -13,8 +13,14 @@ Every converter in ``data_prep/`` (and the demo generator) writes one into its o
       "extra": {...}
     }
 
-``shape`` is HWC for one date (THWC when a record holds several dates). ``multi_label`` says which
-label is the dataset's task; ``label_kinds`` which labels the records carry.
+``shape`` is HWC for one date (THWC when a record holds several dates; such manifests say so with
+``"time_axis": 0`` and ``"seasons": T``). ``multi_label`` says which label is the dataset's task;
+``label_kinds`` which labels the records carry.
+
+The ``data_prep`` converters add provenance that readers may ignore: ``resampling`` (method, size,
+which bands are bit-exact and which were resampled), ``split_method`` (official lists, metadata, or
+a seeded stratified split), ``skipped``/``filtered`` (counts and the JSON file listing them), the
+conversion ``options`` and ``notes`` (e.g. patches left out by exclusion lists).
 """
 
 from __future__ import annotations
