@@ -28,7 +28,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4", *PREP],
+        # torch==2.13.0 exactly: it installs a local CPU build on our machines (other specs pull CUDA).
+        "test": ["pytest>=8", "scikit-learn>=1.4", "torch==2.13.0", "safetensors>=0.4", *PREP],
+        # PyTorch interop: .safetensors needs only this; .pth/.pt files also need torch.
+        "interop": ["safetensors>=0.4"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "prep": PREP,
     },

@@ -1,0 +1,124 @@
+"""Export a pre-trained encoder (optionally its projector) as a PyTorch state_dict plus a JSON sidecar.
+
+    python -m ssl4eo_jax.export --checkpoint runs/barlow_demo --to model.safetensors \
+        [--format timm|torchvision] [--with-projector]
+
+``--checkpoint`` is a run's work directory, its ``checkpoints/`` directory or one step directory
+(the latest step is used). The weights file (``.safetensors``, or ``.pth``/``.pt`` with torch) has
+torchvision/timm names, which coincide for ResNet-18/34/50, so both formats hold the same tensors:
+no ``fc`` (timm: ``num_classes=0``; torchvision: set ``model.fc = torch.nn.Identity()`` and a
+conv1 for the band count first). ``--format`` picks the loading recipe written into the sidecar
+(``model.json`` beside ``model.safetensors``), which also records the bands, the input
+normalisation, the method, the model and the source checkpoint. With ``--with-projector`` the
+projector is added under ``projector.`` as a ``torch.nn.Sequential`` state_dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ssl4eo_jax.errors import UserError
+from ssl4eo_jax.interop.loading import SIDECAR_MARK, sidecar_path
+from ssl4eo_jax.interop.normalisation import Normalisation
+from ssl4eo_jax.interop.projector import projector_to_state_dict, torch_code
+from ssl4eo_jax.interop.resnet_weights import encoder_to_state_dict
+from ssl4eo_jax.interop.runs import RunCheckpoint, restore_run, run_manifest
+from ssl4eo_jax.interop.state_dict import InteropError, write_file
+from ssl4eo_jax.models.resnet import feature_dim
+from ssl4eo_jax.report import write_json
+
+FORMATS = ("timm", "torchvision")
+PROJECTOR_PREFIX = "projector."
+
+
+def load_recipe(fmt: str, model: dict[str, Any], weights: str, projector: str | None) -> list[str]:
+    """Python lines that load the exported file into a timm or torchvision model with strict=True."""
+    name, bands, width = model["name"], model["in_chans"], model["width"]
+    safetensors = weights.endswith(".safetensors")
+    lines = ["import torch"] + (["import safetensors.torch"] if safetensors else [])
+    if fmt == "timm":
+        lines += ["import timm", f"model = timm.create_model({name!r}, in_chans={bands}, num_classes=0)"]
+    else:
+        lines += ["import torchvision", f"model = torchvision.models.{name}()", "model.fc = torch.nn.Identity()"]
+    if model["stem"] == "small":
+        lines.append(f"model.conv1 = torch.nn.Conv2d({bands}, {width}, kernel_size=3, stride=1, padding=1, bias=False)")
+    elif fmt == "torchvision":
+        lines.append(f"model.conv1 = torch.nn.Conv2d({bands}, {width}, kernel_size=7, stride=2, padding=3, bias=False)")
+    lines.append(f"state = safetensors.torch.load_file({weights!r})" if safetensors else
+                 f"state = torch.load({weights!r}, weights_only=True)")
+    if projector:
+        n, p = len(PROJECTOR_PREFIX), repr(PROJECTOR_PREFIX)
+        lines += [f"projector = {projector}",
+                  f"projector.load_state_dict({{k[{n}:]: v for k, v in state.items() if k.startswith({p})}}, strict=True)",
+                  f"state = {{k: v for k, v in state.items() if not k.startswith({p})}}"]
+    lines += ["model.load_state_dict(state, strict=True)",
+              "model.eval()  # model(x): pooled features of x = (bands - mean) / std, NCHW float32"]
+    return lines
+
+
+def _normalisation(run: RunCheckpoint) -> tuple[Normalisation, list[str] | None, str | None]:
+    """The pre-training input normalisation, the bands and the dataset's name, from the run's manifest."""
+    manifest = run_manifest(run)
+    if manifest is None:
+        return (Normalisation("dataset", None, None, "the run's dataset manifest was not found: use the "
+                              "evaluation dataset's band statistics"), None, run.config.get("data", {}).get("name"))
+    split = manifest.raw.get("band_stats", {}).get("split", "train")
+    source = f"band_stats ({split} split) of dataset {manifest.dataset!r} at {manifest.root}, used in pre-training"
+    return Normalisation("pretrain_stats", manifest.mean, manifest.std, source), list(manifest.bands), manifest.dataset
+
+
+def export_checkpoint(checkpoint: str, to: str, fmt: str = "timm", with_projector: bool = False) -> dict[str, Any]:
+    """Writes the weights file ``to`` and its sidecar; returns the sidecar's contents."""
+    if fmt not in FORMATS:
+        raise UserError(f"Unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    run = restore_run(checkpoint)
+    encoder = run.encoder()
+    cfg = run.config["model"]
+    model = {"name": cfg["name"], "stem": cfg.get("stem", "imagenet"), "width": int(cfg.get("width", 64)),
+             "in_chans": run.num_bands, "feature_dim": feature_dim(cfg["name"], int(cfg.get("width", 64)))}
+    state_dict = encoder_to_state_dict(encoder)
+    projector = None
+    if with_projector:
+        if "projector" not in run.state["params"]:
+            raise InteropError(f"The {run.config.get('method')!r} run at {run.step_dir} has no projector.")
+        variables = {"params": run.state["params"]["projector"],
+                     "batch_stats": run.state.get("batch_stats", {}).get("projector", {})}
+        state_dict.update(projector_to_state_dict(variables, PROJECTOR_PREFIX))
+        projector = {"prefix": PROJECTOR_PREFIX, "torch": torch_code(variables)}
+    write_file(to, state_dict, metadata={"method": str(run.config.get("method")), "model": model["name"]})
+    normalisation, bands, dataset = _normalisation(run)
+    sidecar = {
+        SIDECAR_MARK: 1, "format": fmt, "weights": os.path.basename(to), "model": model,
+        "method": run.config.get("method"), "dataset": dataset, "bands": bands,
+        "normalisation": normalisation.to_dict(), "projector": projector,
+        "source": {"checkpoint": run.step_dir, "step": run.step, "workdir": run.workdir},
+        "load": load_recipe(fmt, model, os.path.basename(to), projector and projector["torch"]),
+    }
+    if model["width"] != 64:
+        sidecar["note"] = f"width {model['width']}: timm and torchvision only build width 64 ResNets."
+    write_json(sidecar_path(to), sidecar)
+    return sidecar
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ssl4eo_jax.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a run's workdir, its checkpoints/ dir or a step dir")
+    parser.add_argument("--to", required=True, help="output weights file: .safetensors, .pth or .pt")
+    parser.add_argument("--format", default="timm", choices=FORMATS, help="the loading recipe in the sidecar")
+    parser.add_argument("--with-projector", action="store_true", help="also write the projector (projector.*)")
+    args = parser.parse_args(argv)
+    try:
+        sidecar = export_checkpoint(args.checkpoint, args.to, args.format, args.with_projector)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    model = sidecar["model"]
+    print(f"Wrote {model['name']} ({model['in_chans']} bands, {sidecar['method']}, step {sidecar['source']['step']})"
+          f"{' with its projector' if sidecar['projector'] else ''} to {args.to}, and {sidecar_path(args.to)}.\n"
+          "Load it with:\n    " + "\n    ".join(sidecar["load"]))
+
+
+if __name__ == "__main__":
+    main()
