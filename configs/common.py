@@ -26,15 +26,42 @@ DATASET_PRESETS = {
     "eurosat": dict(crop_size=56, eval_crop_fraction=1.0, stem="imagenet", epochs=100, warmup_epochs=0.0,
                     log_every=50, checkpoint_every=1000),
     "so2sat": dict(crop_size=32, eval_crop_fraction=1.0, stem="small", epochs=100, warmup_epochs=0.0,
-                   log_every=50, checkpoint_every=1000),
+                   log_every=50, checkpoint_every=1000, aug_ops=("pad_crop", "blur", "hflip")),
     "ssl4eo_s12": dict(crop_size=224, eval_crop_fraction=0.875, stem="imagenet", epochs=100, warmup_epochs=0.0,
                        log_every=50, checkpoint_every=1000),
 }
 
 
+# The review's full augmentation pipeline for 12/13-band patches (REFERENCE_SETTINGS.md 1.4), in order.
+FULL_AUG_OPS = ("crop", "brightness_contrast", "grayscale", "blur", "hflip", "band_drop")
+
+# The augmentation study (review Fig. 25): the full pipeline, each op removed, crop only at three
+# minimum scales, and no crop. Select with --config=configs/<method>.py:<dataset>,aug=<name>.
+AUG_STUDY = {
+    "full": {},
+    "no_crop": {"ops": tuple(op for op in FULL_AUG_OPS if op != "crop")},
+    **{f"no_{op}": {"ops": tuple(o for o in FULL_AUG_OPS if o != op)} for op in FULL_AUG_OPS if op != "crop"},
+    **{f"crop_only_{s}": {"ops": ("crop",), "crop.scale": (s, 1.0)} for s in (0.2, 0.5, 0.8)},
+}
+
+
+def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
+    """``"<dataset>[,key=value...]"`` -> (dataset, options); e.g. ``"bigearthnet,aug=crop_only_0.8"``."""
+    parts = [p.strip() for p in (arg or "demo").split(",") if p.strip()]
+    name, options = (parts[0] if parts else "demo"), {}
+    for part in parts[1:]:
+        if "=" not in part:
+            raise ConfigError(f"Config option {part!r} in {arg!r} must look like key=value (e.g. aug=no_blur).")
+        key, value = part.split("=", 1)
+        if key not in ("aug",):
+            raise ConfigError(f"Unknown config option {key!r} in {arg!r}; known: aug.")
+        options[key] = value
+    return name, options
+
+
 def preset(arg: str | None) -> tuple[str, dict]:
     """The dataset preset named by the config argument (default: the embedded demo data)."""
-    name = (arg or "demo").strip()
+    name, _ = parse_arg(arg)
     if name not in DATASET_PRESETS:
         raise ConfigError(
             f"Unknown dataset preset {name!r} (the part after ':' in --config=configs/<method>.py:<preset>); "
@@ -43,9 +70,49 @@ def preset(arg: str | None) -> tuple[str, dict]:
     return name, DATASET_PRESETS[name]
 
 
+def aug_config(crop_size: int, ops: tuple[str, ...] = FULL_AUG_OPS) -> ml_collections.ConfigDict:
+    """The reference view pipeline with every op's parameters (ops not listed stay inactive)."""
+    aug = ml_collections.ConfigDict()
+    aug.ops = ops
+    aug.crop_size = crop_size
+    aug.global_views = 2
+    aug.local_views = 0
+    aug.local_crop_size = max(8, (crop_size * 3) // 7)  # DINO: 96 for 224
+    aug.local_crop_scale = (0.05, 0.4)
+    aug.global_overrides = ()  # per global view {op: {param: value}}, e.g. DINO's blur/solarize
+    aug.local_overrides = {}
+    aug.crop = ml_collections.ConfigDict({"scale": (0.2, 1.0), "ratio": (3 / 4, 4 / 3)})
+    aug.pad_crop = ml_collections.ConfigDict({"padding": 4})
+    aug.brightness_contrast = ml_collections.ConfigDict({"p": 0.8, "brightness": 0.4, "contrast": 0.4})
+    aug.brightness = ml_collections.ConfigDict({"p": 0.8, "brightness": 0.4})
+    aug.contrast = ml_collections.ConfigDict({"p": 0.8, "contrast": 0.4})
+    aug.grayscale = ml_collections.ConfigDict({"p": 0.2})
+    aug.blur = ml_collections.ConfigDict({"p": 0.5, "sigma": (0.1, 2.0)})
+    aug.hflip = ml_collections.ConfigDict({"p": 0.5})
+    aug.vflip = ml_collections.ConfigDict({"p": 0.5})
+    aug.rot90 = ml_collections.ConfigDict({"p": 1.0})
+    aug.solarize = ml_collections.ConfigDict({"p": 0.2, "threshold": 0.0})
+    aug.noise = ml_collections.ConfigDict({"p": 0.5, "std": 0.05})
+    aug.band_drop = ml_collections.ConfigDict({"p": 0.5, "max_bands": 6})
+    return aug
+
+
+def apply_aug_study(aug: ml_collections.ConfigDict, name: str) -> None:
+    """Sets ``aug`` to one arm of the augmentation study."""
+    if name not in AUG_STUDY:
+        raise ConfigError(f"Unknown augmentation preset {name!r}; choose one of {', '.join(AUG_STUDY)}.")
+    for key, value in AUG_STUDY[name].items():
+        node = aug
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+
+
 def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     """Everything but the method's own section and optimizer."""
     name, p = preset(arg)
+    _, options = parse_arg(arg)
     config = ml_collections.ConfigDict()
     config.task = "pretrain"
     config.method = method
@@ -71,12 +138,11 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.model.zero_init_residual = False
     config.model.dtype = "float32"
 
-    config.aug = ml_collections.ConfigDict()
-    config.aug.crop_size = p["crop_size"]
-    config.aug.crop_scale = (0.2, 1.0)
-    config.aug.crop_ratio = (3 / 4, 4 / 3)
-    config.aug.hflip = 0.5
-    config.aug.vflip = 0.0
+    config.aug = aug_config(p["crop_size"], tuple(p.get("aug_ops", FULL_AUG_OPS)))
+    for key, value in p.get("aug_params", {}).items():
+        config.aug[key].update(value)
+    config.aug.study = options.get("aug", "full")
+    apply_aug_study(config.aug, config.aug.study)
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = float(p["epochs"])

@@ -27,7 +27,7 @@ from ssl4eo_jax.errors import ConfigError
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 
-def make_schedule(cfg: Any, base_lr: float, steps_per_epoch: int, total_steps: int) -> Schedule:
+def make_schedule(cfg: Any, base_lr: float, steps_per_epoch: float, total_steps: int) -> Schedule:
     """The learning rate as a function of the step, from ``cfg`` (``config.optim``)."""
     warmup = int(round(cfg.get("warmup_epochs", 0) * steps_per_epoch))
     kind = cfg.get("schedule", "cosine")
@@ -81,7 +81,7 @@ def lars(
     )
 
 
-def make_optimizer(cfg: Any, steps_per_epoch: int, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
+def make_optimizer(cfg: Any, steps_per_epoch: float, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
     """Builds the optimizer of ``config.optim``; returns it and the schedule of the main lr."""
     name = cfg.name
     lr = make_schedule(cfg, float(cfg.lr), steps_per_epoch, total_steps)

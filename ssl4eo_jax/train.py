@@ -63,11 +63,13 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
     """The jitted step: augment on device, loss and gradients of the global batch, update."""
     aug_key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_KEY)
     mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
+    specs = augment.view_specs(config.aug)
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
         step = state["step"]
         images = augment.normalize(batch["image"], mean_j, std_j)
-        views = list(augment.two_views(jax.random.fold_in(aug_key, step), images, batch["index"], config.aug))
+        views = augment.make_views(jax.random.fold_in(aug_key, step), images, batch["index"], config.aug, mean_j,
+                                   std_j, specs)
 
         def loss_fn(params: Any) -> tuple[jax.Array, Any]:
             return method.loss(params, state["batch_stats"], state["extra"], views, step)
@@ -88,7 +90,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
     )
 
 
-def total_steps(config: Any, steps_per_epoch: int) -> int:
+def total_steps(config: Any, steps_per_epoch: float) -> int:
     if config.train.get("steps", 0) and config.train.steps > 0:
         return int(config.train.steps)
     return max(1, int(math.ceil(config.train.epochs * steps_per_epoch)))
@@ -121,9 +123,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise DatasetError(f"{manifest.root} has no train split; it has {sorted(manifest.splits)}.")
     spe = pipeline.steps_per_epoch(sources["train"], global_batch)
     n_steps = total_steps(config, spe)
+    if len(sources["train"]) % global_batch:
+        logging.info("The train split (%d) is not a multiple of the global batch (%d): batches run across "
+                     "epoch boundaries and an epoch is %.2f steps.", len(sources["train"]), global_batch, spe)
     logging.info("Dataset %s at %s: %s; %d bands %s; %d classes", manifest.dataset, manifest.root,
                  {s: len(src) for s, src in sources.items()}, manifest.num_bands, manifest.shape, manifest.num_classes)
-    logging.info("Pre-training %s for %d steps (%.1f epochs of %d steps) at global batch %d", config.method,
+    logging.info("Pre-training %s for %d steps (%.1f epochs of %.1f steps) at global batch %d", config.method,
                  n_steps, n_steps / spe, spe, global_batch)
     mean, std = manifest.band_stats()
 

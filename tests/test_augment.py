@@ -1,13 +1,14 @@
-"""On-device augmentation: torchvision crop semantics, exact resampling, flips, layout independence."""
+"""On-device augmentation: torchvision crop semantics, exact resampling and blur, op probabilities,
+identity settings, multi-crop, season views and layout independence."""
 
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from ssl4eo_jax import augment
 
 
@@ -32,6 +33,23 @@ def torchvision_get_params(rng, height, width, scale, ratio):
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def aug(ops=(), crop_size=24, **params):
+    """An aug config with only ``ops`` active; ``params`` as {"op.param": value}."""
+    cfg = common.aug_config(crop_size, tuple(ops))
+    for key, value in params.items():
+        op, name = key.split(".")
+        cfg[op][name] = value
+    return cfg
+
+
+def views(cfg, images, seed=0, index=None, mean=None, std=None):
+    n, c = images.shape[0], images.shape[-1]
+    index = jnp.arange(n) if index is None else index
+    mean = jnp.zeros(c) if mean is None else mean
+    std = jnp.ones(c) if std is None else std
+    return [np.asarray(v) for v in augment.make_views(jax.random.key(seed), images, index, cfg, mean, std)]
+
+
 def test_crop_boxes_follow_torchvision_distribution():
     n, size, scale, ratio = 4000, 48, (0.08, 1.0), (3 / 4, 4 / 3)
     keys = jax.random.split(jax.random.key(0), n)
@@ -48,7 +66,6 @@ def test_crop_boxes_follow_torchvision_distribution():
 
 
 def test_crop_box_fallback_is_the_clamped_centre_crop():
-    # A very wide image with ratio bounds that no sampled box can meet: the fallback applies.
     box = augment.random_resized_crop_box(jax.random.key(1), 10, 100, scale=(0.99, 1.0), ratio=(1.0, 1.0))
     assert np.asarray(box).tolist() == [0, 45, 10, 10]
 
@@ -75,37 +92,143 @@ def test_crop_resize_matches_scale_and_translate_of_the_crop():
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5)
 
 
-def _cfg(**kw):
-    base = dict(crop_size=24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, vflip=0.0)
-    base.update(kw)
-    return ml_collections.ConfigDict(base)
+def numpy_gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """cv2.GaussianBlur(image, (0, 0), sigma) for 8-bit images: separable, reflect-101 border."""
+    ksize = int(np.round(6 * sigma + 1)) | 1
+    r = (ksize - 1) // 2
+    kernel = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="reflect")  # numpy's reflect == reflect-101
+    rows = sum(kernel[i] * padded[i : i + image.shape[0]] for i in range(ksize))
+    return sum(kernel[j] * rows[:, j : j + image.shape[1]] for j in range(ksize))
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 1.3, 2.0])
+def test_blur_matches_a_direct_separable_convolution(sigma):
+    image = np.asarray(jax.random.normal(jax.random.key(3), (20, 20, 4)))
+    g = augment.gaussian_blur_matrix(jnp.asarray(sigma), 20, max_radius=7)
+    ours = np.einsum("oh,hwc,pw->opc", np.asarray(g), image, np.asarray(g))
+    np.testing.assert_allclose(ours, numpy_gaussian_blur(image, sigma), atol=1e-5)
+
+
+def test_blur_inside_a_view_has_a_random_sigma_per_sample():
+    images = jnp.broadcast_to(jax.random.normal(jax.random.key(4), (1, 16, 16, 2)), (64, 16, 16, 2))
+    out = views(aug(["blur"], **{"blur.p": 1.0}), images)[0]
+    smoothness = np.abs(np.diff(out, axis=1)).mean(axis=(1, 2, 3))
+    assert len(np.unique(np.round(smoothness, 5))) > 50  # sigmas differ between samples
 
 
 def test_identity_settings_return_the_input():
-    images = jax.random.normal(jax.random.key(3), (4, 24, 24, 13))
-    out = augment.random_crop_flip(jax.random.key(0), images, jnp.arange(4), _cfg())
-    np.testing.assert_allclose(np.asarray(out), np.asarray(images), atol=1e-6)
+    images = jax.random.normal(jax.random.key(5), (4, 24, 24, 13))
+    np.testing.assert_allclose(views(aug([]), images)[0], np.asarray(images), atol=1e-6)
+    crop = aug(["crop"], **{"crop.scale": (1.0, 1.0), "crop.ratio": (1.0, 1.0)})
+    np.testing.assert_allclose(views(crop, images)[0], np.asarray(images), atol=1e-6)
+    zero_p = aug(["brightness_contrast", "grayscale", "blur", "hflip", "vflip", "rot90", "solarize", "noise",
+                  "band_drop"], **{f"{op}.p": 0.0 for op in ("brightness_contrast", "grayscale", "blur", "hflip",
+                                                              "vflip", "rot90", "solarize", "noise", "band_drop")})
+    np.testing.assert_allclose(views(zero_p, images)[0], np.asarray(images), atol=1e-6)
     np.testing.assert_allclose(np.asarray(augment.center_crop_resize(images, 1.0, 24)), np.asarray(images))
 
 
-def test_flips_fire_with_their_probability():
-    images = jax.random.normal(jax.random.key(4), (512, 8, 8, 2))
-    out = np.asarray(augment.random_crop_flip(jax.random.key(1), images, jnp.arange(512), _cfg(crop_size=8, hflip=0.5)))
-    flipped = np.all(np.isclose(out, np.asarray(images)[:, :, ::-1]), axis=(1, 2, 3))
-    same = np.all(np.isclose(out, np.asarray(images)), axis=(1, 2, 3))
-    assert np.all(flipped | same)
-    assert 0.4 < flipped.mean() < 0.6
-    out = np.asarray(augment.random_crop_flip(jax.random.key(1), images, jnp.arange(512), _cfg(crop_size=8, vflip=1.0)))
-    np.testing.assert_allclose(out, np.asarray(images)[:, ::-1], atol=1e-6)
+@pytest.mark.parametrize("op,p", [("brightness_contrast", 0.8), ("grayscale", 0.2), ("blur", 0.5), ("hflip", 0.5),
+                                  ("vflip", 0.3), ("solarize", 0.2), ("noise", 0.5), ("band_drop", 0.5),
+                                  ("rot90", 0.6)])
+def test_each_op_fires_with_its_probability(op, p):
+    n = 800
+    images = jax.random.normal(jax.random.key(6), (n, 8, 8, 4))
+    out = views(aug([op], **{f"{op}.p": p}), images)[0]
+    changed = ~np.all(np.isclose(out, np.asarray(images), atol=1e-6), axis=(1, 2, 3))
+    expected = p * (0.75 if op == "rot90" else 1.0)  # a quarter of the rotations are by 0 degrees
+    assert abs(changed.mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / n) + 0.01
+
+
+def test_rotations_and_flips_are_exact_dihedral_maps():
+    images = jax.random.normal(jax.random.key(7), (400, 6, 6, 2))
+    out = views(aug(["rot90", "hflip"], **{"rot90.p": 1.0}), images)[0]
+    src = np.asarray(images)
+    candidates = []
+    for k in range(4):
+        rotated = np.rot90(src, k, axes=(1, 2))
+        candidates += [rotated, rotated[:, :, ::-1]]
+    matches = np.stack([np.all(np.isclose(out, c), axis=(1, 2, 3)) for c in candidates])
+    assert matches.any(axis=0).all()
+    counts = matches.sum(axis=1)
+    assert (counts > 20).all()  # all eight dihedral transforms occur
+
+
+def test_photometric_ops_act_on_the_physical_signal():
+    mean, std = jnp.asarray([1000.0, 2000.0, 500.0]), jnp.asarray([300.0, 600.0, 100.0])
+    raw = jax.random.uniform(jax.random.key(8), (64, 5, 5, 3), minval=100, maxval=3000)
+    x = augment.normalize(raw, mean, std)
+    out = views(aug(["brightness"], **{"brightness.p": 1.0}), x, mean=mean, std=std)[0]
+    ratio = (out * np.asarray(std) + np.asarray(mean)) / np.asarray(raw)
+    assert np.allclose(ratio, ratio[:, :1, :1, :1], rtol=1e-4)  # one factor per image, every band
+    assert 0.6 <= ratio.min() and ratio.max() <= 1.4 and ratio.std() > 0.1
+    gray = views(aug(["grayscale"], **{"grayscale.p": 1.0}), x, mean=mean, std=std)[0]
+    physical = gray * np.asarray(std) + np.asarray(mean)
+    np.testing.assert_allclose(physical, np.broadcast_to(np.asarray(raw).mean(-1, keepdims=True), physical.shape), rtol=1e-4)
+
+
+def test_band_drop_zeroes_one_to_k_whole_bands():
+    images = jax.random.normal(jax.random.key(9), (300, 4, 4, 13)) + 5.0
+    out = views(aug(["band_drop"], **{"band_drop.p": 1.0, "band_drop.max_bands": 6}), images)[0]
+    dropped = np.all(out == 0.0, axis=(1, 2))  # (N, C): whole bands
+    partly = np.any(out == 0.0, axis=(1, 2)) & ~dropped
+    assert not partly.any()
+    n = dropped.sum(axis=1)
+    assert n.min() == 1 and n.max() == 6 and set(np.unique(n)) == set(range(1, 7))
+
+
+def test_pad_crop_is_a_window_of_the_zero_padded_image():
+    images = jax.random.normal(jax.random.key(10), (50, 32, 32, 2))
+    out = views(aug(["pad_crop"], crop_size=32), images)[0]
+    padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for i in range(50):
+        found = any(np.array_equal(out[i], padded[i, t : t + 32, l : l + 32]) for t in range(9) for l in range(9))
+        assert found
+
+
+def test_multi_crop_and_per_view_overrides():
+    cfg = aug(["crop", "solarize"], crop_size=24, **{"solarize.p": 0.0})
+    cfg.local_views, cfg.local_crop_size = 4, 10
+    cfg.global_overrides = ({}, {"solarize": {"p": 1.0}})
+    out = views(cfg, jax.random.normal(jax.random.key(11), (8, 32, 32, 3)) + 3.0)
+    assert [v.shape for v in out] == [(8, 24, 24, 3)] * 2 + [(8, 10, 10, 3)] * 4
+    assert out[0].max() > 1.0 and out[1].max() <= 0.0  # only the second view is solarized (t = 0)
+
+
+def test_season_views_draw_two_different_dates():
+    dates = jnp.arange(4, dtype=jnp.float32)[None, :, None, None, None]
+    images = jnp.broadcast_to(dates, (200, 4, 8, 8, 2))  # every pixel holds its date
+    v1, v2 = views(aug([], crop_size=8), images)
+    d1, d2 = v1[:, 0, 0, 0], v2[:, 0, 0, 0]
+    assert (d1 != d2).all() and set(np.unique(d1)) == {0, 1, 2, 3}
 
 
 def test_augmentation_depends_on_the_example_index_not_its_position():
-    images = jax.random.normal(jax.random.key(5), (8, 20, 20, 3))
+    images = jax.random.normal(jax.random.key(12), (8, 20, 20, 3))
     index = jnp.arange(100, 108)
-    cfg = _cfg(crop_size=12, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=0.5)
-    out = augment.random_crop_flip(jax.random.key(7), images, index, cfg)
-    perm = jnp.asarray([3, 1, 7, 0, 2, 6, 5, 4])
-    out_perm = augment.random_crop_flip(jax.random.key(7), images[perm], index[perm], cfg)
-    np.testing.assert_allclose(np.asarray(out_perm), np.asarray(out)[np.asarray(perm)], atol=1e-6)
-    v1, v2 = augment.two_views(jax.random.key(7), images, index, cfg)
-    assert not np.allclose(np.asarray(v1), np.asarray(v2))
+    cfg = common.aug_config(12)
+    out = views(cfg, images, seed=7, index=index)
+    perm = np.asarray([3, 1, 7, 0, 2, 6, 5, 4])
+    out_perm = views(cfg, images[perm], seed=7, index=index[perm])
+    for a, b in zip(out, out_perm):
+        np.testing.assert_allclose(b, a[perm], atol=1e-5)
+    assert not np.allclose(out[0], out[1])
+
+
+def test_augmentation_study_presets():
+    assert set(common.AUG_STUDY) >= {"full", "no_crop", "no_blur", "no_band_drop", "crop_only_0.2",
+                                     "crop_only_0.5", "crop_only_0.8"}
+    from configs import barlow
+
+    cfg = barlow.get_config("demo,aug=crop_only_0.8")
+    assert tuple(cfg.aug.ops) == ("crop",) and tuple(cfg.aug.crop.scale) == (0.8, 1.0)
+    no_crop = barlow.get_config("demo,aug=no_crop")
+    spec = augment.view_specs(no_crop.aug)[0]
+    assert spec.size is None and "crop" not in spec.ops and "band_drop" in spec.ops
+    with pytest.raises(ValueError, match="Unknown augmentation preset"):
+        barlow.get_config("demo,aug=everything")
+    bad = common.aug_config(8, ("crop", "sharpen"))
+    with pytest.raises(ValueError, match="sharpen"):
+        augment.view_specs(bad)

@@ -12,7 +12,7 @@ from ssl4eo_jax.data.manifest import DatasetError, Manifest, load_manifest
 # Converters in data_prep/ (python -m data_prep.<name> --src ARCHIVE --out DIR).
 CONVERTERS = {
     "bigearthnet": "bigearthnet", "eurosat": "eurosat", "so2sat": "so2sat", "sen12ms": "sen12ms",
-    "ssl4eo_s12": "ssl4eo_s12",
+    "ssl4eo_s12": "ssl4eo_s12", "scenes": "scenes", "tfds": "tfds",
 }
 
 

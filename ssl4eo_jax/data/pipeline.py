@@ -93,9 +93,11 @@ def train_dataset(source: SplitSource, global_batch: int, seed: int) -> grain.Ma
     return ds.map(_DecodeTrain(source)).batch(local, drop_remainder=True)
 
 
-def steps_per_epoch(source: SplitSource, global_batch: int) -> int:
-    """Whole global batches per pass over the split (the stream continues into the next epoch)."""
-    return max(1, len(source) // global_batch)
+def steps_per_epoch(source: SplitSource, global_batch: int) -> float:
+    """Steps per pass over the split: ``len / global_batch``, fractional when the batch does not
+    divide the split. The stream is one reshuffled epoch after another, so a batch may straddle
+    two epochs; no example is dropped or repeated within an epoch."""
+    return len(source) / global_batch
 
 
 class DeviceIterator:

@@ -1,0 +1,143 @@
+"""``python -m ssl4eo_jax.bench --what=augment|pipeline|step|e2e|all [options]``.
+
+augment   the on-device view pipeline (two 112 px views of 128 px 13-band patches), and the
+          reference's host path (per-band GeoTIFF reads + NumPy/OpenCV augmentation in worker
+          processes) on the same machine, with the ratio; and the augmentation's share of a train step
+pipeline  ArrayRecord shards -> Grain workers -> device arrays, per worker count, against the step rate
+step      the jitted train step per method: images/s, XLA FLOPs, TFLOP/s, MFU, time breakdown
+e2e       the real input pipeline feeding the train step: images/s and the fraction of step-only speed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "all"], "What to measure.")
+flags.DEFINE_integer("batch", None, "Global batch (default 256 on an accelerator, 64 on a CPU).")
+flags.DEFINE_integer("patch", 128, "Patch size in pixels.")
+flags.DEFINE_integer("crop", 112, "View size in pixels.")
+flags.DEFINE_list("methods", ["barlow"], "Methods for --what=step/e2e (see ssl4eo_jax.methods.METHODS).")
+flags.DEFINE_list("workers", ["1", "2"], "Worker process counts to try (input pipeline and reference loader).")
+flags.DEFINE_string("dtype", None, "Model compute dtype (float32, bfloat16); default: the config's.")
+flags.DEFINE_integer("iters", 5, "Timed iterations per measurement.")
+flags.DEFINE_integer("images", 512, "Images for the host-pipeline measurements.")
+flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: known peak of the device).")
+flags.DEFINE_string("workdir", os.path.join(tempfile.gettempdir(), "ssl4eo_jax_bench"), "Where test data is written.")
+flags.DEFINE_string("out", None, "Also write the results as JSON here.")
+
+
+def _batch() -> int:
+    import jax
+
+    if FLAGS.batch:
+        return FLAGS.batch
+    return 64 if jax.devices()[0].platform == "cpu" else 256
+
+
+def _print_table(title: str, header: list[str], rows: list[list]) -> None:
+    from ssl4eo_jax.report import format_table
+
+    print(f"\n{title}\n{format_table(header, rows)}")
+
+
+def run_augment(results: dict) -> None:
+    from ssl4eo_jax.bench import fixtures
+    from ssl4eo_jax.bench.augment_bench import augment_images_per_sec
+    from ssl4eo_jax.bench.reference import reference_images_per_sec
+
+    batch = _batch()
+    ours, seconds = augment_images_per_sec(batch, FLAGS.patch, FLAGS.crop, iters=FLAGS.iters)
+    rows = [["ssl4eo-jax, on device (jit)", "-", f"{ours:.0f}", "1.00"]]
+    out = {"on_device_images_per_sec": ours, "batch": batch, "seconds_per_batch": seconds, "reference": {}}
+    try:
+        tif_root = fixtures.write_band_tifs(os.path.join(FLAGS.workdir, "band_tifs"), 64)
+        for w in [int(w) for w in FLAGS.workers]:
+            ref = reference_images_per_sec(tif_root, FLAGS.images // 2, w, FLAGS.crop)
+            out["reference"][w] = ref
+            rows.append([f"reference: GeoTIFF + NumPy/OpenCV, {w} worker(s)", w, f"{ref:.0f}", f"{ours / ref:.2f}"])
+    except ImportError as e:
+        print(f"(reference baseline skipped: {e}; pip install -e '.[bench]')")
+    _print_table(f"Two {FLAGS.crop} px views of {FLAGS.patch} px 13-band patches, batch {batch}",
+                 ["path", "workers", "images/s", "ours / this"], rows)
+    results["augment"] = out
+
+
+def run_pipeline(results: dict) -> None:
+    from ssl4eo_jax.bench import fixtures
+    from ssl4eo_jax.bench.pipeline_bench import pipeline_images_per_sec
+
+    batch = _batch()
+    root = fixtures.write_shards(os.path.join(FLAGS.workdir, f"shards_{FLAGS.patch}"), max(FLAGS.images, 4 * batch),
+                                 FLAGS.patch)
+    rows, out = [], {}
+    for w in [int(w) for w in FLAGS.workers]:
+        ips = pipeline_images_per_sec(root, batch, w, n_batches=max(5, FLAGS.images // batch))
+        out[w] = ips
+        rows.append([w, f"{ips:.0f}"])
+    _print_table(f"Host pipeline: {FLAGS.patch} px uint16 13-band shards -> device arrays, batch {batch}",
+                 ["workers", "images/s"], rows)
+    results["pipeline"] = out
+
+
+def run_step(results: dict) -> None:
+    from ssl4eo_jax.bench.step_bench import bench_step
+
+    batch = _batch()
+    rows, out = [], []
+    for method in FLAGS.methods:
+        r = bench_step(method, batch, FLAGS.patch, FLAGS.crop, dtype=FLAGS.dtype, iters=FLAGS.iters,
+                       peak_tflops=FLAGS.peak_tflops)
+        out.append(r)
+        mfu = f"{100 * r['mfu']:.1f}" if r["mfu"] else "n/a"
+        tflops = f"{r['tflops_achieved']:.2f}" if r["tflops_achieved"] else "n/a"
+        rows.append([method, r["dtype"], f"{r['images_per_sec']:.1f}", f"{r['step_ms']:.1f}", f"{r['augment_ms']:.1f}",
+                     f"{r['fwd_bwd_ms']:.1f}", f"{r['update_ms']:.1f}", f"{100 * r['augment_fraction']:.1f}",
+                     f"{r['flops_per_step'] / 1e12:.3f}", tflops, mfu])
+    _print_table(f"Train step, batch {batch}, {FLAGS.crop} px views of {FLAGS.patch} px patches",
+                 ["method", "dtype", "images/s", "step ms", "augment ms", "fwd+bwd ms", "update ms", "augment %",
+                  "TFLOP/step", "TFLOP/s", "MFU %"], rows)
+    results["step"] = out
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from ssl4eo_jax.bench.timing import machine
+
+    results = {"machine": machine()}
+    print(f"Machine: {results['machine']}")
+    todo = ["augment", "pipeline", "step"] if FLAGS.what == "all" else [FLAGS.what]
+    runners = {"augment": run_augment, "pipeline": run_pipeline, "step": run_step, "e2e": run_e2e}
+    for what in todo:
+        runners[what](results)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(f"\nWrote {FLAGS.out}")
+
+
+def run_e2e(results: dict) -> None:
+    from ssl4eo_jax.bench import fixtures
+    from ssl4eo_jax.bench.e2e_bench import bench_e2e
+
+    batch = _batch()
+    root = fixtures.write_shards(os.path.join(FLAGS.workdir, f"shards_{FLAGS.patch}"), max(FLAGS.images, 4 * batch),
+                                 FLAGS.patch)
+    rows, out = [], []
+    for method in FLAGS.methods:
+        r = bench_e2e(method, root, batch, FLAGS.crop, workers=int(FLAGS.workers[-1]), dtype=FLAGS.dtype,
+                      iters=FLAGS.iters)
+        out.append(r)
+        rows.append([method, r["workers"], f"{r['step_only_images_per_sec']:.1f}", f"{r['e2e_images_per_sec']:.1f}",
+                     f"{100 * r['fraction']:.0f}"])
+    _print_table(f"End to end, batch {batch}", ["method", "workers", "step only images/s", "with input images/s",
+                                                 "fraction %"], rows)
+    results["e2e"] = out
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,114 @@
+"""Throughput of the jitted pre-training step on device-resident batches, with XLA's FLOP count,
+achieved TFLOP/s, MFU and a breakdown into augmentation, forward/backward and update."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssl4eo_jax import augment, sharding, train
+from ssl4eo_jax.bench.timing import time_jitted
+from ssl4eo_jax.methods import get_method
+from ssl4eo_jax.optim import make_optimizer
+
+# Dense bf16 peak TFLOP/s per chip, by jax device_kind prefix.
+KNOWN_PEAKS = {
+    "NVIDIA H200": 989.0, "NVIDIA H100": 989.0, "NVIDIA A100": 312.0, "NVIDIA L4": 121.0, "NVIDIA A10": 125.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0,
+}
+
+
+def known_peak_tflops(device: jax.Device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for prefix, peak in KNOWN_PEAKS.items():
+        if kind.startswith(prefix):
+            return peak
+    return None
+
+
+def bench_config(method: str, batch: int, crop: int, dtype: str | None) -> Any:
+    config = importlib.import_module(f"configs.{method}").get_config("bigearthnet")
+    config.data.global_batch = batch
+    config.aug.crop_size = crop
+    if dtype:
+        config.model.dtype = dtype
+    return config
+
+
+def device_batch(batch: int, patch: int, bands: int, num_classes: int, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(0)
+    host = {
+        "image": rng.integers(300, 4000, size=(batch, patch, patch, bands)).astype(np.uint16),
+        "label": rng.integers(0, num_classes, size=(batch,)).astype(np.int32),
+        "multi_hot": np.zeros((batch, num_classes), np.float32),
+        "index": np.arange(batch, dtype=np.int32),
+    }
+    return sharding.to_global(host, mesh)
+
+
+def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, dtype: str | None = None,
+               iters: int = 5, peak_tflops: float | None = None) -> dict[str, Any]:
+    """Images/s of one method's full train step, its FLOPs, MFU and the time breakdown."""
+    config = bench_config(method, batch, crop, dtype)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(batch, mesh)
+    m = get_method(config)
+    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000)
+    mean, std = np.full((bands,), 1500.0, np.float32), np.full((bands,), 800.0, np.float32)
+    state = train.init_state(m, tx, config, bands, mesh)
+    step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)
+    batch_arrays = device_batch(batch, patch, bands, 19, mesh)
+
+    compiled = step_fn.lower(state, batch_arrays).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+    holder = {"state": state}
+
+    def run_step(b):
+        holder["state"], metrics = step_fn(holder["state"], b)
+        return metrics["loss"]
+
+    step_s = time_jitted(run_step, batch_arrays, iters=iters)
+
+    specs = augment.view_specs(config.aug)
+    mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
+
+    @jax.jit
+    def views_only(images, index):
+        return augment.make_views(jax.random.key(0), augment.normalize(images, mean_j, std_j), index, config.aug,
+                                  mean_j, std_j, specs)
+
+    aug_s = time_jitted(views_only, batch_arrays["image"], batch_arrays["index"], iters=iters)
+    views = views_only(batch_arrays["image"], batch_arrays["index"])
+    st = holder["state"]
+
+    @jax.jit
+    def fwd_bwd(params, batch_stats, extra, views):
+        return jax.value_and_grad(lambda p: m.loss(p, batch_stats, extra, views, jnp.zeros((), jnp.int32)),
+                                  has_aux=True)(params)
+
+    fb_s = time_jitted(fwd_bwd, st["params"], st["batch_stats"], st["extra"], views, iters=iters)
+    grads = fwd_bwd(st["params"], st["batch_stats"], st["extra"], views)[1]
+
+    @jax.jit
+    def update(params, opt, grads):
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    up_s = time_jitted(update, st["params"], st["opt"], grads, iters=iters)
+    peak = peak_tflops or known_peak_tflops(jax.devices()[0])
+    achieved = flops / step_s / 1e12 if flops else None
+    return {
+        "method": method, "batch": batch, "patch": patch, "crop": crop, "dtype": config.model.dtype,
+        "images_per_sec": batch / step_s, "step_ms": 1e3 * step_s, "augment_ms": 1e3 * aug_s,
+        "fwd_bwd_ms": 1e3 * fb_s, "update_ms": 1e3 * up_s, "augment_fraction": aug_s / step_s,
+        "flops_per_step": flops, "tflops_achieved": achieved, "peak_tflops": peak,
+        "mfu": (achieved / peak) if (achieved and peak) else None,  # per device: XLA counts the partitioned program
+    }
