@@ -34,6 +34,8 @@ setup(
         "interop": ["safetensors>=0.4"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "prep": PREP,
+        # python -m ssl4eo_jax.bench: the reference baselines (OpenCV augmentation, GeoTIFF reads, PyTorch step).
+        "bench": ["opencv-python-headless>=4.8", "rasterio>=1.3", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["ssl4eo-jax=ssl4eo_jax.main:run"]},
 )

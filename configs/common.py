@@ -117,6 +117,8 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.task = "pretrain"
     config.method = method
     config.seed = 0
+    config.distributed = "none"  # none | auto | slurm | tpu | explicit (see ssl4eo_jax/distributed.py)
+    config.cluster = ml_collections.ConfigDict({"coordinator": "", "num_processes": 0, "process_id": -1})
 
     config.data = ml_collections.ConfigDict()
     config.data.name = name
@@ -136,7 +138,7 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.model.stem = p["stem"]
     config.model.width = 64
     config.model.zero_init_residual = False
-    config.model.dtype = "float32"
+    config.model.dtype = "auto"  # bfloat16 compute on GPU/TPU, float32 on CPU (ssl4eo_jax/precision.py)
 
     config.aug = aug_config(p["crop_size"], tuple(p.get("aug_ops", FULL_AUG_OPS)))
     for key, value in p.get("aug_params", {}).items():
@@ -150,6 +152,8 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.train.log_every = p["log_every"]
     config.train.checkpoint_every = p["checkpoint_every"]
     config.train.keep_checkpoints = 2
+    config.train.transfer_guard = "allow"  # "disallow": any implicit host<->device copy in the loop fails
+    config.train.log_all_processes = False  # also write metrics.process<i>.jsonl on every other process
 
     config.eval = ml_collections.ConfigDict()
     config.eval.enabled = True

@@ -72,6 +72,9 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iter: Any, config: dict[str, Any]) -> None:
+        # The topology is saved with the config: each process's data-iterator state belongs to its
+        # shard of the stream, so a run resumes on the same number of processes.
+        config = {**config, "_runtime": {"process_count": jax.process_count()}}
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -87,7 +90,12 @@ class Checkpointer:
 
     def restore(self, step: int, state_like: Any, data_iter: Any, config: dict[str, Any]) -> Any:
         """Restores the state (with ``state_like``'s shapes and shardings) and the iterator."""
-        problems = config_mismatches(self.saved_config(step), config)
+        saved = self.saved_config(step)
+        problems = config_mismatches(saved, config)
+        saved_processes = saved.get("_runtime", {}).get("process_count", jax.process_count())
+        if saved_processes != jax.process_count():
+            problems.append(f"processes: checkpoint was written by {saved_processes}, this run has "
+                            f"{jax.process_count()} (resume on the same topology)")
         if problems:
             raise IncompatibleCheckpointError(
                 f"The checkpoint at {self.directory}/{step} comes from an incompatible config:\n  "

@@ -28,10 +28,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unknown task {config.task!r} (config.task); available: {', '.join(TASKS)}.")
     workdir = _WORKDIR.value or os.path.join("runs", f"{config.method}_{config.data.name}")
     logging.info("Config:\n%s", config)
-    from ssl4eo_jax import train  # imported here so that --help is fast
+    from ssl4eo_jax import distributed, train  # imported here so that --help is fast
     from ssl4eo_jax.cache import enable_compilation_cache
 
     enable_compilation_cache()
+    try:
+        distributed.initialize(config)
+    except UserError as e:
+        sys.exit(f"error: {e}")
 
     try:
         train.run(config, workdir)

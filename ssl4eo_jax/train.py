@@ -148,40 +148,57 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start:
         state = ckpt.restore(start, state, data_iter, config_dict)
         logging.info("Resumed from %s at step %d", ckpt.directory, start)
-    metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start, enabled=is_main)
+    log_name = "metrics.jsonl" if is_main else f"metrics.process{jax.process_index()}.jsonl"
+    metrics_log = MetricsLog(os.path.join(workdir, log_name), resume_step=start,
+                             enabled=is_main or config.train.get("log_all_processes", False))
 
-    # Loop.
+    # Loop. Metrics are copied to the host asynchronously and read one step late, so logging never
+    # stalls the device; the transfer guard (config.train.transfer_guard) can make any other
+    # host<->device copy in the loop an error.
     log_every, ckpt_every = config.train.log_every, config.train.checkpoint_every
-    window_start, window_steps, compile_seconds, train_seconds, last = time.time(), 0, 0.0, 0.0, {}
+    compile_seconds, train_seconds, last, pending = 0.0, 0.0, {}, None
+    clock = {"time": time.time(), "step": start}
     bar = tqdm(total=n_steps, initial=start, desc=f"pre-training {config.method}", unit="step", disable=not is_main)
-    for step in range(start, n_steps):
-        batch = next(data_iter)
-        state, metrics = train_step(state, batch)
-        window_steps += 1
-        if step == start:  # Time the compilation apart from the throughput.
-            jax.block_until_ready(metrics)
-            compile_seconds = time.time() - window_start
-            logging.info("Compiled and ran the first step in %.1f s", compile_seconds)
-            window_start, window_steps = time.time(), 0
-        done = step + 1
-        if done % log_every == 0 or done == n_steps:
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.time() - window_start
-            train_seconds += elapsed
-            ips = window_steps * global_batch / elapsed if window_steps else float("nan")
-            record = {"step": done, "epoch": done / spe, **last, "images_per_sec": ips}
-            metrics_log.write(record)
-            bar.set_postfix(loss=f"{last['loss']:.4g}", img_s=f"{ips:.0f}")
-            logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s", done, n_steps, last["loss"], last["lr"], ips)
-            if not np.isfinite(last["loss"]):
-                raise FloatingPointError(
-                    f"The loss is {last['loss']} at step {done}. Lower config.optim.lr or check the input "
-                    f"statistics in {manifest.root}/manifest.json."
-                )
-            window_start, window_steps = time.time(), 0
-        if done % ckpt_every == 0 or done == n_steps:
-            ckpt.save(done, state, data_iter, config_dict)
-        bar.update(1)
+
+    def flush(done: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
+        nonlocal train_seconds
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.time()
+        train_seconds += now - clock["time"]
+        ips = (done - clock["step"]) * global_batch / max(now - clock["time"], 1e-9)
+        clock.update(time=now, step=done)
+        metrics_log.write({"step": done, "epoch": done / spe, **values, "images_per_sec": ips})
+        bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{ips:.0f}")
+        logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s", done, n_steps, values["loss"], values["lr"], ips)
+        if not np.isfinite(values["loss"]):
+            raise FloatingPointError(
+                f"The loss is {values['loss']} at step {done}. Lower config.optim.lr or check the input "
+                f"statistics in {manifest.root}/manifest.json."
+            )
+        return values
+
+    with jax.transfer_guard(config.train.get("transfer_guard", "allow")):
+        for step in range(start, n_steps):
+            batch = next(data_iter)
+            state, metrics = train_step(state, batch)
+            if step == start:  # Time the compilation apart from the throughput.
+                jax.block_until_ready(metrics)
+                compile_seconds = time.time() - clock["time"]
+                logging.info("Compiled and ran the first step in %.1f s", compile_seconds)
+                clock.update(time=time.time(), step=start + 1)
+            if pending is not None:  # the previous log step's metrics, while this step runs
+                last = flush(*pending)
+                pending = None
+            done = step + 1
+            if done % log_every == 0 or done == n_steps:
+                for value in metrics.values():
+                    value.copy_to_host_async()
+                pending = (done, metrics)
+            if done % ckpt_every == 0 or done == n_steps:
+                ckpt.save(done, state, data_iter, config_dict)
+            bar.update(1)
+        if pending is not None:
+            last = flush(*pending)
     bar.close()
     ckpt.close()
     data_iter.close()

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from conftest import tiny_config  # noqa: E402
-from torchvision_resnet import ResNet, randomise  # noqa: E402
+from ssl4eo_jax.bench.torch_resnet import ResNet, randomise  # noqa: E402
 
 from ssl4eo_jax import train  # noqa: E402
 from ssl4eo_jax.data import load_manifest  # noqa: E402

@@ -81,3 +81,25 @@ def test_unknown_method_is_named(demo_dir):
     config = tiny_config(demo_dir, method="dino2")
     with pytest.raises(ValueError, match="Unknown method 'dino2'.*available: barlow"):
         get_method(config)
+
+
+def test_the_loop_makes_no_implicit_transfers(demo_dir, tmp_path):
+    """With the transfer guard at 'disallow', any accidental host<->device copy in the loop fails."""
+    config = tiny_config(demo_dir, **{"train.transfer_guard": "disallow", "eval.enabled": False,
+                                      "train.steps": 3, "train.checkpoint_every": 2})
+    results = train.run(config, str(tmp_path / "guarded"))
+    assert results["steps"] == 3 and np.isfinite(results["final_metrics"]["loss"])
+
+
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(demo_dir):
+    """Mixed precision forced on the CPU: finite losses within 3 % of float32 over the first steps
+    (later steps drift apart as any perturbation of this tiny model does), float32 parameters."""
+    manifest = load_manifest(demo_dir)
+    f32, _ = _losses_on(jax.devices(), tiny_config(demo_dir, **{"model.dtype": "float32"}), manifest, steps=6)
+    bf16, params = _losses_on(jax.devices(), tiny_config(demo_dir, **{"model.dtype": "bfloat16"}), manifest, steps=6)
+    assert np.all(np.isfinite(bf16))
+    np.testing.assert_allclose(bf16[:3], f32[:3], rtol=0.03)
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
+    method = get_method(tiny_config(demo_dir, **{"model.dtype": "bfloat16"}))
+    assert method.encoder.dtype == jax.numpy.bfloat16
+    assert get_method(tiny_config(demo_dir)).encoder.dtype == jax.numpy.float32  # "auto" on a CPU

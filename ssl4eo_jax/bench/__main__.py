@@ -29,6 +29,7 @@ flags.DEFINE_integer("images", 512, "Images for the host-pipeline measurements."
 flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: known peak of the device).")
 flags.DEFINE_string("workdir", os.path.join(tempfile.gettempdir(), "ssl4eo_jax_bench"), "Where test data is written.")
 flags.DEFINE_string("out", None, "Also write the results as JSON here.")
+flags.DEFINE_bool("torch", True, "With --what=step: also time the PyTorch reference step (needs torch).")
 
 
 def _batch() -> int:
@@ -102,6 +103,24 @@ def run_step(results: dict) -> None:
                  ["method", "dtype", "images/s", "step ms", "augment ms", "fwd+bwd ms", "update ms", "augment %",
                   "TFLOP/step", "TFLOP/s", "MFU %"], rows)
     results["step"] = out
+    if FLAGS.torch and "barlow" in FLAGS.methods:
+        _run_torch_reference(results, batch, next(r for r in out if r["method"] == "barlow"))
+
+
+def _run_torch_reference(results: dict, batch: int, ours: dict) -> None:
+    try:
+        from ssl4eo_jax.bench.torch_step import torch_barlow_images_per_sec
+    except ImportError as e:  # pragma: no cover - torch is optional
+        print(f"(PyTorch reference skipped: {e}; pip install -e '.[bench]')")
+        return
+    ref, device = torch_barlow_images_per_sec(batch, FLAGS.crop, iters=FLAGS.iters, dtype=ours["dtype"])
+    ratio = ours["images_per_sec"] / ref
+    _print_table(f"Barlow Twins step, batch {batch}: ssl4eo-jax (whole step incl. on-device augmentation) vs the "
+                 "PyTorch reference (model step only, views given)",
+                 ["implementation", "device", "images/s", "ratio"],
+                 [["ssl4eo-jax", results["machine"]["device"], f"{ours['images_per_sec']:.1f}", f"{ratio:.2f}"],
+                  ["PyTorch reference", device, f"{ref:.1f}", "1.00"]])
+    results["torch_reference"] = {"images_per_sec": ref, "device": device, "ratio": ratio}
 
 
 def main(argv: list[str]) -> None:

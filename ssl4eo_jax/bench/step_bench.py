@@ -15,6 +15,7 @@ from ssl4eo_jax import augment, sharding, train
 from ssl4eo_jax.bench.timing import time_jitted
 from ssl4eo_jax.methods import get_method
 from ssl4eo_jax.optim import make_optimizer
+from ssl4eo_jax.precision import compute_dtype
 
 # Dense bf16 peak TFLOP/s per chip, by jax device_kind prefix.
 KNOWN_PEAKS = {
@@ -106,7 +107,8 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
     peak = peak_tflops or known_peak_tflops(jax.devices()[0])
     achieved = flops / step_s / 1e12 if flops else None
     return {
-        "method": method, "batch": batch, "patch": patch, "crop": crop, "dtype": config.model.dtype,
+        "method": method, "batch": batch, "patch": patch, "crop": crop,
+        "dtype": str(compute_dtype(config.model.dtype)),
         "images_per_sec": batch / step_s, "step_ms": 1e3 * step_s, "augment_ms": 1e3 * aug_s,
         "fwd_bwd_ms": 1e3 * fb_s, "update_ms": 1e3 * up_s, "augment_fraction": aug_s / step_s,
         "flops_per_step": flops, "tflops_achieved": achieved, "peak_tflops": peak,

@@ -25,7 +25,7 @@ STEMS = {7: "imagenet", 3: "small"}
 
 def model_config(name: str, stem: str, width: int) -> dict[str, Any]:
     """A ``config.model`` section for an encoder read from weights."""
-    return {"name": name, "stem": stem, "width": width, "zero_init_residual": False, "dtype": "float32"}
+    return {"name": name, "stem": stem, "width": width, "zero_init_residual": False, "dtype": "auto"}
 
 
 def detect_architecture(state_dict: dict[str, np.ndarray]) -> tuple[dict[str, Any], int]:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax.models.resnet import ResNet, resnet
+from ssl4eo_jax.precision import compute_dtype
 
 Metrics = dict[str, jnp.ndarray]
 
@@ -42,7 +43,7 @@ def build_encoder(model_cfg: Any) -> ResNet:
         stem=model_cfg.get("stem", "imagenet"),
         width=model_cfg.get("width", 64),
         zero_init_residual=model_cfg.get("zero_init_residual", False),
-        dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
+        dtype=compute_dtype(model_cfg.get("dtype", "auto")),
     )
 
 

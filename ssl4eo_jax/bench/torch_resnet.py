@@ -1,7 +1,8 @@
-"""A test-local copy of torchvision's ResNet (v1.5) with its exact parameter names and forward.
+"""A copy of torchvision's ResNet (v1.5) with its exact parameter names and forward, in PyTorch.
 
-torchvision from the registry does not import beside the local torch build, so the tests use this
-module: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv1/bn1/conv2/bn2[/conv3/bn3]``,
+Used by the interop tests and by the PyTorch reference step of ``python -m ssl4eo_jax.bench``
+(torch is optional: ``pip install -e '.[bench]'``). torchvision from the registry does not import
+beside the local torch build on our machines, hence this copy: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv1/bn1/conv2/bn2[/conv3/bn3]``,
 ``downsample.0/1``, ``fc``, as ``torchvision.models.resnet`` (and timm's ``resnet18``/``resnet50``)
 name them. ``stem="small"`` is the So2Sat reference's ``Conv2d(bands, 64, 3, 1, 1)`` (with a bias).
 """
