@@ -112,7 +112,9 @@ def draw(records: list[Record], outdir: str) -> list[str]:
                 style = "--" if row.startswith(("supervised", "random")) else "-"
                 ax.plot([100 * x for x in xs], [values[(row, x)] for x in xs], style, marker="o", label=row)
             ax.set_xscale("log")
-            ax.set_xlabel("labelled training data (%)")
+            ax.set_xticks([100 * c for c in sorted(cols)], [fmt(c) for c in sorted(cols)])
+            ax.minorticks_off()
+            ax.set_xlabel("labelled training data")
             if experiment == "transfer":
                 ax.set_title(f"{TITLES[experiment]}: {rs[0]['pretrain'] or ''} -> {rs[0]['target']}".replace(
                     "None", ""), fontsize=9)
