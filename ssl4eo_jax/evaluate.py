@@ -36,7 +36,7 @@ from ssl4eo_jax.report import format_table, write_json
 
 TASKS = ("knn", "linear", "finetune")
 RANDOM = "random"
-INIT_KEY = 0  # as train.INIT_KEY: "random" with a pre-training's seed is that run's initial encoder
+INIT_KEY = 0  # the random-init encoder is a pure function of config.seed
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score
 
+from configs.common import apply_overrides
 from configs.eval import finetune as finetune_config, knn as knn_config, linear as linear_config
 from data_prep.demo import generate
 from ssl4eo_jax import evaluate, sharding, train
@@ -62,12 +63,7 @@ def _eval_config(module, data_dir: str, checkpoint: str, **overrides):
     config.train.steps = 4
     config.train.log_every = 1
     config.model.width = 16
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    apply_overrides(config, overrides)
     return config
 
 
