@@ -7,6 +7,8 @@ the evaluation size follows ``aug.crop_size``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -30,6 +32,9 @@ DATASET_PRESETS = {
     "ssl4eo_s12": dict(crop_size=224, eval_crop_fraction=0.875, stem="imagenet", epochs=100, warmup_epochs=0.0,
                        log_every=50, checkpoint_every=1000),
 }
+# The demo's stand-ins for BigEarthNet (12 bands, multi-label), So2Sat (10 bands) and EuroSAT
+# (13 bands) are synthetic like the demo and train with its settings (data_prep.demo.VARIANTS).
+DATASET_PRESETS.update({name: DATASET_PRESETS["demo"] for name in ("demo_ben", "demo_so2sat", "demo_eurosat")})
 
 
 # The review's full augmentation pipeline for 12/13-band patches (REFERENCE_SETTINGS.md 1.4), in order.
@@ -109,6 +114,45 @@ def apply_aug_study(aug: ml_collections.ConfigDict, name: str) -> None:
         node[leaf] = value
 
 
+def data_config(name: str) -> ml_collections.ConfigDict:
+    """``config.data``: which dataset (a converted directory, or the demo data) and how to read it."""
+    data = ml_collections.ConfigDict()
+    data.name = name
+    data.dir = config_dict.placeholder(str)  # a converted dataset; unset for the demo data
+    data.cache_dir = config_dict.placeholder(str)  # where the demo data is cached
+    data.global_batch = REFERENCE_BATCH
+    data.workers = 1  # Grain worker processes (0: decode in the main process)
+    data.threads = 2
+    data.demo_size = 48
+    data.demo_seed = 0
+    data.demo_train = 4000
+    data.demo_val = 1000
+    data.demo_test = 1000
+    return data
+
+
+def model_config(stem: str) -> ml_collections.ConfigDict:
+    """``config.model``: the ResNet encoder."""
+    return ml_collections.ConfigDict(
+        # dtype "auto": bfloat16 compute on GPU/TPU, float32 on CPU (ssl4eo_jax/precision.py).
+        {"name": "resnet18", "stem": stem, "width": 64, "zero_init_residual": False, "dtype": "auto"})
+
+
+def eval_config(p: dict, size: config_dict.FieldReference) -> ml_collections.ConfigDict:
+    """``config.eval``: the frozen-encoder protocols (evaluation view, kNN, our linear probe)."""
+    ev = ml_collections.ConfigDict()
+    ev.enabled = True
+    ev.batch = REFERENCE_BATCH
+    ev.size = size
+    ev.crop_fraction = p["eval_crop_fraction"]
+    ev.multi_label = config_dict.placeholder(bool)  # unset: the manifest's task
+    ev.knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})
+    ev.linear = ml_collections.ConfigDict(
+        {"epochs": 100, "batch": 256, "lr": 1e-3, "weight_decays": (0.0, 1e-4, 1e-3, 1e-2)}
+    )
+    return ev
+
+
 def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     """Everything but the method's own section and optimizer."""
     name, p = preset(arg)
@@ -119,26 +163,8 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.distributed = "none"  # none | auto | slurm | tpu | explicit (see ssl4eo_jax/distributed.py)
     config.cluster = ml_collections.ConfigDict({"coordinator": "", "num_processes": 0, "process_id": -1})
-
-    config.data = ml_collections.ConfigDict()
-    config.data.name = name
-    config.data.dir = config_dict.placeholder(str)  # a converted dataset; unset for the demo data
-    config.data.cache_dir = config_dict.placeholder(str)  # where the demo data is cached
-    config.data.global_batch = REFERENCE_BATCH
-    config.data.workers = 1  # Grain worker processes (0: decode in the main process)
-    config.data.threads = 2
-    config.data.demo_size = 48
-    config.data.demo_seed = 0
-    config.data.demo_train = 4000
-    config.data.demo_val = 1000
-    config.data.demo_test = 1000
-
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "resnet18"
-    config.model.stem = p["stem"]
-    config.model.width = 64
-    config.model.zero_init_residual = False
-    config.model.dtype = "auto"  # bfloat16 compute on GPU/TPU, float32 on CPU (ssl4eo_jax/precision.py)
+    config.data = data_config(name)
+    config.model = model_config(p["stem"])
 
     config.aug = aug_config(p["crop_size"], tuple(p.get("aug_ops", FULL_AUG_OPS)))
     for key, value in p.get("aug_params", {}).items():
@@ -155,17 +181,23 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.train.transfer_guard = "allow"  # "disallow": any implicit host<->device copy in the loop fails
     config.train.log_all_processes = False  # also write metrics.process<i>.jsonl on every other process
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.enabled = True
-    config.eval.batch = REFERENCE_BATCH
-    config.eval.size = config.aug.get_ref("crop_size")
-    config.eval.crop_fraction = p["eval_crop_fraction"]
-    config.eval.multi_label = config_dict.placeholder(bool)  # unset: the manifest's task
-    config.eval.knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})
-    config.eval.linear = ml_collections.ConfigDict(
-        {"epochs": 100, "batch": 256, "lr": 1e-3, "weight_decays": (0.0, 1e-4, 1e-3, 1e-2)}
-    )
+    config.eval = eval_config(p, config.aug.get_ref("crop_size"))
     return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Any) -> None:
+    """Sets ``{"model": {"width": 16}}`` or ``{"model.width": 16}`` style values; unknown keys fail."""
+    for key, value in dict(overrides).items():
+        node = config
+        *parents, leaf = str(key).split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"Override {key!r}: the config has no such key.")
+        if isinstance(node[leaf], ml_collections.ConfigDict) and isinstance(value, (dict, ml_collections.ConfigDict)):
+            apply_overrides(node[leaf], value)
+        else:
+            node[leaf] = value
 
 
 def scaled_lr(config: ml_collections.ConfigDict, base: str) -> config_dict.FieldReference:

@@ -15,6 +15,11 @@ self-supervised pre-training, so that every layer of ssl4eo-jax runs end to end 
 * a single label (the dominant class) and a multi-hot label (every class covering >= 10 %) per
   patch, and train/val/test splits.
 
+Variants (``VARIANTS``) stand in for the review's datasets with their band sets and tasks, so that
+band mapping between datasets and multi-label metrics run on the demo too: ``demo_ben`` (the 12
+BigEarthNet bands, no B10, multi-label), ``demo_so2sat`` (So2Sat's 10 bands) and ``demo_eurosat``
+(13 bands like EuroSAT-MS); each draws other patches (its own seed offset). Still NOT real data.
+
 Usage::
 
     python -m data_prep.demo --out ~/data/demo            # explicit location
@@ -62,6 +67,13 @@ CLOUD = np.array([4200, 4300, 4300, 4350, 4300, 4250, 4200, 4150, 4100, 1600, 35
 HAZE_PROFILE = np.array([1.0, 0.85, 0.65, 0.45, 0.35, 0.3, 0.25, 0.2, 0.2, 0.1, 0.02, 0.05, 0.03])
 WATER, FOREST, CROPLAND, GRASSLAND, URBAN, SOIL, WETLAND, SNOW, SHRUB, BURNT = range(len(CLASSES))
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+# name -> (bands, multi_label task, seed offset). Band sets of BigEarthNet (no B10) and So2Sat.
+VARIANTS: dict[str, tuple[tuple[str, ...], bool, int]] = {
+    "demo": (BANDS, False, 0),
+    "demo_ben": (tuple(b for b in BANDS if b != "B10"), True, 1000),
+    "demo_so2sat": (("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"), False, 2000),
+    "demo_eurosat": (BANDS, False, 3000),
+}
 DEFAULT_SIZES = {"train": 4000, "val": 1000, "test": 1000}
 MULTI_LABEL_MIN_COVER = 0.10
 
@@ -201,51 +213,62 @@ def labels_from_map(cmap: np.ndarray) -> tuple[int, list[int]]:
     return int(np.argmax(cover)), [int(c) for c in np.flatnonzero(cover >= MULTI_LABEL_MIN_COVER)]
 
 
-def demo_record(split: str, index: int, *, seed: int, size: int) -> PatchRecord:
-    """The record of patch ``index`` of ``split``; a pure function of its arguments."""
+def demo_record(split: str, index: int, *, seed: int, size: int, bands: tuple[str, ...] = BANDS) -> PatchRecord:
+    """The record of patch ``index`` of ``split`` (only ``bands``); a pure function of its arguments."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     image, cmap = make_patch(rng, size)
+    if bands != BANDS:
+        image = np.ascontiguousarray(image[:, :, [BANDS.index(b) for b in bands]])
     label, labels = labels_from_map(cmap)
     patch_id = f"demo_{split}_{index:06d}"
     return PatchRecord(encode_record(image, patch_id, label, labels), patch_id, image)
 
 
-def _record_fn(split: str, seed: int, size: int):
-    return functools.partial(_demo_record_by_index, split, seed, size)
+def _record_fn(split: str, seed: int, size: int, bands: tuple[str, ...]):
+    return functools.partial(_demo_record_by_index, split, seed, size, bands)
 
 
-def _demo_record_by_index(split: str, seed: int, size: int, index: int) -> PatchRecord:
-    return demo_record(split, index, seed=seed, size=size)
+def _demo_record_by_index(split: str, seed: int, size: int, bands: tuple[str, ...], index: int) -> PatchRecord:
+    return demo_record(split, index, seed=seed, size=size, bands=bands)
+
+
+def variant(name: str) -> tuple[tuple[str, ...], bool, int]:
+    """(bands, multi_label, seed offset) of a demo variant; a clear error for unknown names."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown demo dataset {name!r}; choose one of {', '.join(VARIANTS)}.")
+    return VARIANTS[name]
 
 
 def generate(
     out: str, sizes: dict[str, int] | None = None, size: int = 48, seed: int = 0,
-    workers: int = 1, records_per_shard: int = 1000, progress: bool = True,
+    workers: int = 1, records_per_shard: int = 1000, progress: bool = True, name: str = "demo",
 ) -> str:
-    """Writes the demo dataset into ``out`` (resumable); returns ``out``."""
+    """Writes the demo dataset (or the variant ``name``) into ``out`` (resumable); returns ``out``."""
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    bands, multi_label, offset = variant(name)
+    seed += offset
     if "train" not in sizes:
         raise ValueError("The demo dataset needs a train split (its band statistics come from it).")
     splits, stats = {}, None
     for split, count in sizes.items():
         summary = write_split(
-            out, split, count, _record_fn(split, seed, size), records_per_shard=records_per_shard,
+            out, split, count, _record_fn(split, seed, size, bands), records_per_shard=records_per_shard,
             workers=workers, progress=progress,
         )
         splits[split] = summary.manifest_entry()
         if split == "train":
             stats = summary.stats
     write_manifest(out, {
-        "dataset": "demo",
+        "dataset": name,
         "source": f"synthetic Sentinel-2 L1C stand-in (data_prep.demo, seed {seed}); not real imagery",
         "converter": "data_prep.demo",
         "converter_version": VERSION,
-        "bands": list(BANDS),
+        "bands": list(bands),
         "dtype": "uint16",
-        "shape": [size, size, len(BANDS)],
+        "shape": [size, size, len(bands)],
         "band_stats": band_stats_entry(stats, "train"),
         "classes": list(CLASSES),
-        "multi_label": False,
+        "multi_label": multi_label,
         "label_kinds": ["single", "multi"],
         "multi_label_min_cover": MULTI_LABEL_MIN_COVER,
         "splits": splits,
@@ -256,14 +279,15 @@ def generate(
 
 def ensure_demo_dataset(
     cache_dir: str | None = None, sizes: dict[str, int] | None = None, size: int = 48, seed: int = 0,
-    workers: int = 1, progress: bool = True,
+    workers: int = 1, progress: bool = True, name: str = "demo",
 ) -> str:
-    """Returns the directory of the cached demo dataset, generating it on first use."""
+    """Returns the directory of the cached demo dataset (or variant), generating it on first use."""
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    variant(name)
     tag = "-".join(f"{k}{v}" for k, v in sizes.items())
-    out = os.path.join(cache_dir or ssl4eo_cache_dir(), f"demo-v{VERSION}-{size}px-{tag}-seed{seed}")
+    out = os.path.join(cache_dir or ssl4eo_cache_dir(), f"{name}-v{VERSION}-{size}px-{tag}-seed{seed}")
     if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
-        generate(out, sizes, size=size, seed=seed, workers=workers, progress=progress)
+        generate(out, sizes, size=size, seed=seed, workers=workers, progress=progress, name=name)
     return out
 
 
@@ -275,9 +299,11 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=DEFAULT_SIZES["test"])
     parser.add_argument("--size", type=int, default=48, help="patch size in pixels (multiple of 6)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="demo", choices=sorted(VARIANTS), help="band set and task")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     args = parser.parse_args()
-    generate(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.size, args.seed, args.workers)
+    generate(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.size, args.seed, args.workers,
+             name=args.variant)
     print(f"Wrote the demo dataset to {args.out}")
 
 

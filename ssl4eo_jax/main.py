@@ -1,4 +1,8 @@
-"""Entry point: ``python -m ssl4eo_jax.main --config=configs/barlow.py [--workdir=DIR] [--config.x=y]``."""
+"""Entry point: ``python -m ssl4eo_jax.main --config=configs/barlow.py [--workdir=DIR] [--config.x=y]``.
+
+``config.task`` picks the job: ``pretrain`` (configs/<method>.py), ``knn``/``linear``/``finetune``
+(configs/eval/<task>.py) or ``benchmark`` (configs/benchmark.py:<preset>).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,31 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
                                "(default: runs/<method>_<dataset>). Re-running with the same one resumes.")
 flags.mark_flag_as_required("config")
 
-TASKS = ("pretrain",)
+TASKS = ("pretrain", "knn", "linear", "finetune", "benchmark")
+
+
+def default_workdir(config) -> str:
+    if config.task == "pretrain":
+        return os.path.join("runs", f"{config.method}_{config.data.name}")
+    if config.task == "benchmark":
+        return os.path.join("runs", f"benchmark_{config.preset}")
+    return os.path.join("runs", f"{config.task}_{config.data.name}")
+
+
+def run_task(config, workdir: str) -> None:
+    """Dispatches on ``config.task``."""
+    if config.task == "pretrain":
+        from ssl4eo_jax import train
+
+        train.run(config, workdir)
+    elif config.task == "benchmark":
+        from ssl4eo_jax.benchmark import driver
+
+        driver.run(config, workdir)
+    else:
+        from ssl4eo_jax import evaluate
+
+        evaluate.run(config, workdir)
 
 
 def main(argv: list[str]) -> None:
@@ -26,19 +54,15 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if config.task not in TASKS:
         raise app.UsageError(f"Unknown task {config.task!r} (config.task); available: {', '.join(TASKS)}.")
-    workdir = _WORKDIR.value or os.path.join("runs", f"{config.method}_{config.data.name}")
+    workdir = _WORKDIR.value or default_workdir(config)
     logging.info("Config:\n%s", config)
-    from ssl4eo_jax import distributed, train  # imported here so that --help is fast
+    from ssl4eo_jax import distributed  # imported here so that --help is fast
     from ssl4eo_jax.cache import enable_compilation_cache
 
     enable_compilation_cache()
     try:
         distributed.initialize(config)
-    except UserError as e:
-        sys.exit(f"error: {e}")
-
-    try:
-        train.run(config, workdir)
+        run_task(config, workdir)
     except UserError as e:  # our messages name the culprit and the fix; no traceback needed
         sys.exit(f"error: {e}")
 

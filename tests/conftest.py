@@ -29,7 +29,7 @@ def demo_dir(tmp_path_factory) -> str:
 
 def tiny_config(data_dir: str, **overrides):
     """The Barlow Twins config at toy scale: 32 px crops, a small projector, a few steps."""
-    from configs import barlow
+    from configs import barlow, common
 
     config = barlow.get_config("demo")
     config.data.dir = data_dir
@@ -43,10 +43,5 @@ def tiny_config(data_dir: str, **overrides):
     config.optim.warmup_epochs = 0.0
     config.eval.batch = 32
     config.eval.linear.epochs = 5
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    common.apply_overrides(config, overrides)
     return config

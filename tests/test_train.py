@@ -103,3 +103,37 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(demo_dir):
     method = get_method(tiny_config(demo_dir, **{"model.dtype": "bfloat16"}))
     assert method.encoder.dtype == jax.numpy.bfloat16
     assert get_method(tiny_config(demo_dir)).encoder.dtype == jax.numpy.float32  # "auto" on a CPU
+
+
+def _multidate_dataset(root: str) -> str:
+    """A tiny dataset whose records hold 3 dates (T, H, W, C), as SSL4EO-S12's converter writes."""
+    from data_prep import demo
+    from data_prep.writer import PatchRecord, band_stats_entry, write_split
+    from ssl4eo_jax.data.manifest import write_manifest
+    from ssl4eo_jax.data.records import encode_record
+
+    def record(split_seed: int, index: int) -> PatchRecord:
+        rng = np.random.default_rng([split_seed, index])
+        dates = np.stack([demo.make_patch(rng, 36)[0] for _ in range(3)])
+        return PatchRecord(encode_record(dates, f"loc_{split_seed}_{index}", label=index % 10), f"loc_{index}", dates)
+
+    splits, stats = {}, None
+    for code, (split, count) in enumerate({"train": 64, "val": 32}.items()):
+        summary = write_split(root, split, count, lambda i, c=code: record(c, i), records_per_shard=64, progress=False)
+        splits[split] = summary.manifest_entry()
+        stats = stats or summary.stats
+    write_manifest(root, {
+        "dataset": "multidate", "source": "test", "converter": "test", "converter_version": "1",
+        "bands": list(demo.BANDS), "dtype": "uint16", "shape": [3, 36, 36, 13], "time_axis": 0,
+        "band_stats": band_stats_entry(stats), "classes": list(demo.CLASSES), "multi_label": False,
+        "label_kinds": ["single"], "splits": splits,
+    })
+    return root
+
+
+def test_records_with_several_dates_train_on_two_seasons_and_evaluate(tmp_path):
+    data = _multidate_dataset(str(tmp_path / "multidate"))
+    config = tiny_config(data, **{"data.name": "custom", "train.steps": 2, "eval.linear.epochs": 2})
+    results = train.run(config, str(tmp_path / "run"))
+    assert results["steps"] == 2 and np.isfinite(results["final_metrics"]["loss"])
+    assert 0 <= results["pretrained"]["knn"]["val"]["oa"] <= 100

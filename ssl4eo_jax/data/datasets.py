@@ -17,16 +17,17 @@ CONVERTERS = {
 
 
 def resolve_data_dir(data_cfg: Any, progress: bool = True) -> str:
-    """``config.data.dir`` if set; the cached demo dataset for ``name='demo'``; else a clear error."""
+    """``config.data.dir`` if set; the cached demo dataset for ``name='demo'`` (or a demo variant such
+    as ``demo_ben``, see ``data_prep.demo.VARIANTS``); else a clear error."""
     if data_cfg.get("dir"):
         return str(data_cfg.dir)
-    if data_cfg.name == "demo":
+    if data_cfg.name.startswith("demo"):
         from data_prep.demo import ensure_demo_dataset
 
         return ensure_demo_dataset(
             cache_dir=data_cfg.get("cache_dir"), size=data_cfg.demo_size, seed=data_cfg.demo_seed,
             sizes={"train": data_cfg.demo_train, "val": data_cfg.demo_val, "test": data_cfg.demo_test},
-            progress=progress and jax.process_index() == 0,
+            progress=progress and jax.process_index() == 0, name=data_cfg.name,
         )
     converter = CONVERTERS.get(data_cfg.name, "<dataset>")
     raise DatasetError(

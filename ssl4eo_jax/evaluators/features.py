@@ -25,12 +25,15 @@ class Features:
     multi_hot: np.ndarray  # (N, K) float32
 
 
-def eval_preprocess(mean: np.ndarray, std: np.ndarray, crop_fraction: float, size: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Normalisation and the deterministic evaluation view (centre crop, resize)."""
+def eval_preprocess(mean: np.ndarray, std: np.ndarray, crop_fraction: float, size: int,
+                    bands: Callable[[jnp.ndarray], jnp.ndarray] | None = None) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Normalisation, the band mapping to the encoder's bands (``transfer.BandMap.apply``; None: the
+    data's bands as they are) and the deterministic evaluation view (centre crop, resize)."""
     mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
 
     def preprocess(images: jnp.ndarray) -> jnp.ndarray:
-        return augment.center_crop_resize(augment.normalize(images, mean_j, std_j), crop_fraction, size)
+        x = augment.normalize(images, mean_j, std_j)
+        return augment.center_crop_resize(bands(x) if bands is not None else x, crop_fraction, size)
 
     return preprocess
 

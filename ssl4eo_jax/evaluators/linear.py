@@ -30,15 +30,24 @@ class LinearProbe:
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (softmax) or per-class probabilities (sigmoid)."""
         logits = ((x - self.mean) / self.std) @ self.weights + self.bias
-        logits = jnp.asarray(logits)
-        return np.asarray(jax.nn.sigmoid(logits) if self.multi_label else jax.nn.softmax(logits, axis=-1))
+        return np.asarray(head_scores(jnp.asarray(logits), self.multi_label))
+
+
+def classification_loss(logits: jnp.ndarray, targets: jnp.ndarray, multi_label: bool) -> jnp.ndarray:
+    """Softmax cross-entropy on one-hot targets, or sigmoid BCE on multi-hot targets averaged over
+    classes and examples (== PyTorch's ``MultiLabelSoftMarginLoss``, the reference's loss)."""
+    if multi_label:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def head_scores(logits: jnp.ndarray, multi_label: bool) -> jnp.ndarray:
+    """Class probabilities (softmax) or per-class probabilities (sigmoid)."""
+    return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1)
 
 
 def _loss(params: dict[str, jnp.ndarray], x: jnp.ndarray, y: jnp.ndarray, multi_label: bool) -> jnp.ndarray:
-    logits = x @ params["w"] + params["b"]
-    if multi_label:
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y))
-    return jnp.mean(optax.softmax_cross_entropy(logits, y))
+    return classification_loss(x @ params["w"] + params["b"], y, multi_label)
 
 
 @functools.partial(jax.jit, static_argnames=("epochs", "batch", "multi_label"))

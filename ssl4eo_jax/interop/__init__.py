@@ -8,7 +8,7 @@
 * ``encoder_to_state_dict`` / ``projector_to_state_dict``: the reverse, used by ``ssl4eo_jax.export``.
 """
 
-from ssl4eo_jax.interop.loading import TorchResNet, load_encoder_variables, load_torch_resnet, read_sidecar
+from ssl4eo_jax.interop.loading import LoadedEncoder, TorchResNet, load_encoder, load_encoder_variables, load_torch_resnet, read_sidecar
 from ssl4eo_jax.interop.normalisation import PRESETS, Normalisation
 from ssl4eo_jax.interop.projector import projector_to_state_dict, state_dict_to_projector
 from ssl4eo_jax.interop.resnet_weights import encoder_to_state_dict, state_dict_to_encoder
@@ -16,7 +16,7 @@ from ssl4eo_jax.interop.runs import RunCheckpoint, restore_run
 from ssl4eo_jax.interop.state_dict import InteropError, read_file, write_file
 
 __all__ = [
-    "InteropError", "Normalisation", "PRESETS", "RunCheckpoint", "TorchResNet", "encoder_to_state_dict",
-    "load_encoder_variables", "load_torch_resnet", "projector_to_state_dict", "read_file", "read_sidecar",
+    "InteropError", "LoadedEncoder", "Normalisation", "PRESETS", "RunCheckpoint", "TorchResNet", "encoder_to_state_dict",
+    "load_encoder", "load_encoder_variables", "load_torch_resnet", "projector_to_state_dict", "read_file", "read_sidecar",
     "restore_run", "state_dict_to_encoder", "state_dict_to_projector", "write_file",
 ]

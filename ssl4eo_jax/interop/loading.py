@@ -133,16 +133,27 @@ def check_bands(expected: int | Sequence[str] | None, num_bands: int, bands: Seq
         raise ConfigError(f"{what} expects the bands {list(bands)} in this order, but the data has {list(expected)}.")
 
 
-def load_encoder_variables(path: str, expected_bands: int | Sequence[str] | None = None,
-                           normalisation: str | dict[str, Any] | None = None, **torch_kwargs: Any
-                           ) -> tuple[dict[str, Any], dict[str, Any], norm.Normalisation]:
-    """``(config.model dict, encoder variables, input normalisation)`` of an evaluator's
-    ``--config.checkpoint``: one of our run directories (workdir, ``checkpoints/`` or a step), or a
-    PyTorch weights file.
+@dataclasses.dataclass
+class LoadedEncoder:
+    """An evaluator's encoder: ``config.model`` dict, variables, input normalisation, and its input
+    band names in order (None when neither the run nor the file says)."""
+
+    model_cfg: dict[str, Any]
+    variables: dict[str, Any]
+    normalisation: norm.Normalisation
+    bands: tuple[str, ...] | None
+    num_bands: int
+
+
+def load_encoder(path: str, expected_bands: int | Sequence[str] | None = None,
+                 normalisation: str | dict[str, Any] | None = None, **torch_kwargs: Any) -> LoadedEncoder:
+    """The encoder of an evaluator's ``--config.checkpoint``: one of our run directories (workdir,
+    ``checkpoints/`` or a step), or a PyTorch weights file.
 
     Normalisation, unless given: for our runs the evaluation dataset's own statistics, as in
     pre-training (preset ``dataset``); for a file, its export sidecar's, else ``ssl4eo_s12``
-    (divide by 10000, what SSL4EO-S12 and torchgeo Sentinel-2 weights expect).
+    (divide by 10000, what SSL4EO-S12 and torchgeo Sentinel-2 weights expect). Bands: the run's
+    dataset manifest, the file's sidecar, or the SSL4EO-S12 band order for those weights.
     """
     if os.path.isdir(path):
         run = restore_run(path)
@@ -162,4 +173,13 @@ def load_encoder_variables(path: str, expected_bands: int | Sequence[str] | None
         if bands is None and isinstance(spec, str) and spec.startswith("ssl4eo_s1"):
             bands = norm.SSL4EO_S12_BANDS.get(num_bands)
     check_bands(expected_bands, num_bands, bands, f"The encoder in {path}")
-    return model_cfg, variables, norm.from_spec(spec, num_bands)
+    return LoadedEncoder(model_cfg, variables, norm.from_spec(spec, num_bands),
+                         tuple(bands) if bands is not None else None, num_bands)
+
+
+def load_encoder_variables(path: str, expected_bands: int | Sequence[str] | None = None,
+                           normalisation: str | dict[str, Any] | None = None, **torch_kwargs: Any
+                           ) -> tuple[dict[str, Any], dict[str, Any], norm.Normalisation]:
+    """``(config.model dict, encoder variables, input normalisation)`` of ``load_encoder``."""
+    loaded = load_encoder(path, expected_bands, normalisation, **torch_kwargs)
+    return loaded.model_cfg, loaded.variables, loaded.normalisation

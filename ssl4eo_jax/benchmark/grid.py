@@ -1,0 +1,99 @@
+"""The cells of a benchmark preset: (experiment, method, pre-training dataset, augmentation arm,
+label fraction, protocol, target dataset, seed).
+
+``method`` is an SSL method of ``ssl4eo_jax.methods`` (pre-trained first), or a baseline:
+``random`` (the randomly initialised encoder, evaluated frozen) or ``supervised`` (trained from
+scratch on the target: the fine-tuning protocol from random init). Methods that are not registered
+yet are left out with a log line, so a preset lists every method of the review and runs those
+that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from ssl4eo_jax.methods import METHODS
+
+BASELINES = ("random", "supervised")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    experiment: str
+    method: str
+    pretrain: str | None  # pre-training dataset; None for baselines
+    aug: str
+    fraction: float
+    protocol: str  # knn | linear | finetune
+    target: str
+    seed: int
+
+    @property
+    def eval_id(self) -> str:
+        """The evaluation's identity: the same for equal evaluations of different experiments."""
+        source = f"{self.method}-{self.pretrain}-{self.aug}" if self.pretrain else self.method
+        return f"{source}--{self.protocol}-{self.target}-f{self.fraction:g}-s{self.seed}"
+
+    @property
+    def pretrain_id(self) -> str | None:
+        return f"{self.method}_{self.pretrain}_{self.aug}_s{self.seed}" if self.pretrain else None
+
+
+def available_methods(methods: Any) -> list[str]:
+    """The preset's methods that have a registered implementation and a config file."""
+    found = []
+    for name in methods:
+        if name in METHODS and os.path.isfile(os.path.join(CONFIGS_DIR, f"{name}.py")):
+            found.append(name)
+        else:
+            logging.warning("Method %r is not registered yet (ssl4eo_jax.methods.METHODS / configs/%s.py): "
+                            "skipping its cells.", name, name)
+    return found
+
+
+def _baseline_protocol(baseline: str) -> str:
+    return "finetune" if baseline == "supervised" else "linear"
+
+
+def expand(config: Any) -> list[Cell]:
+    """Every cell of ``config.experiments``' enabled experiments, in run order, without duplicates."""
+    methods = available_methods(config.methods)
+    ex = config.experiments
+    cells: list[Cell] = []
+
+    def add(*args: Any) -> None:
+        for seed in config.seeds:
+            cells.append(Cell(*args, seed=int(seed)))
+
+    def block(experiment: str, source: str, target: str, fractions: Any, protocols: Any, baselines: Any) -> None:
+        for fraction in fractions:
+            for method in methods:
+                for protocol in protocols:
+                    add(experiment, method, source, "full", float(fraction), protocol, target)
+            for baseline in baselines:
+                add(experiment, baseline, None, "full", float(fraction), _baseline_protocol(baseline), target)
+
+    if ex.methods.enabled:
+        for dataset in ex.methods.datasets:
+            block("methods", dataset, dataset, (1.0,), ex.methods.protocols, ex.methods.baselines)
+    if ex.augment.enabled:
+        if ex.augment.method in methods:
+            for arm in ex.augment.arms:
+                add("augment", ex.augment.method, ex.augment.dataset, arm, 1.0, "linear", ex.augment.dataset)
+        else:
+            logging.warning("The augmentation study's method %r is not available: skipping it.", ex.augment.method)
+    if ex.fractions.enabled:
+        block("fractions", ex.fractions.dataset, ex.fractions.dataset, ex.fractions.fractions, ex.fractions.protocols,
+              ex.fractions.baselines)
+    if ex.transfer.enabled:
+        block("transfer", ex.transfer.source, ex.transfer.target, ex.transfer.fractions, ex.transfer.protocols,
+              ex.transfer.baselines)
+    return list(dict.fromkeys(cells))
+
+
+def datasets_used(cells: list[Cell]) -> list[str]:
+    return list(dict.fromkeys([c.pretrain for c in cells if c.pretrain] + [c.target for c in cells]))

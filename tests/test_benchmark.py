@@ -1,0 +1,72 @@
+"""The benchmark driver at its smallest scale: every experiment, every cell recorded, resume by skipping."""
+
+import json
+import logging
+import os
+
+import pytest
+
+from configs import benchmark
+from ssl4eo_jax.benchmark import driver
+from ssl4eo_jax.benchmark.figures import FIGURES
+from ssl4eo_jax.benchmark.grid import expand
+from ssl4eo_jax.data.manifest import DatasetError
+
+
+def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
+    config = benchmark.get_config("test")
+    config.data.cache_dir = str(tmp_path / "data")
+    workdir = str(tmp_path / "bench")
+    cells = expand(config)
+    assert {c.experiment for c in cells} == {"methods", "augment", "fractions", "transfer"}
+
+    first = driver.run(config, workdir)
+    assert first["ran_cells"] + first["skipped_cells"] == len(cells)
+    recorded = [(r["experiment"], r["eval_id"]) for r in first["cells"]]
+    assert recorded == [(c.experiment, c.eval_id) for c in cells]
+    for name in ("results.json", "results.md", *FIGURES.values()):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    markdown = open(os.path.join(workdir, "results.md")).read()
+    for title in ("Fig. 24", "Fig. 25", "Fig. 26", "Fig. 27", "supervised (scratch)", "crop_only_0.5", "25 %"):
+        assert title in markdown
+    walls = {}
+    for cell in cells:
+        record = json.load(open(os.path.join(workdir, "cells", cell.eval_id, "cell.json")))
+        assert record["seed"] == cell.seed and record["wall_seconds"] > 0
+        assert record["config"]["eval"]["eval"]["label_fraction"] == cell.fraction
+        assert 0 <= record["score"] <= 100
+        if cell.pretrain:
+            assert record["checkpoint"] == os.path.join(workdir, "pretrain", cell.pretrain_id)
+            assert record["pretrain"]["config"]["aug"]["study"] == cell.aug
+        else:
+            assert record["checkpoint"] == "random"
+        walls[cell.eval_id] = record["finished"], record["wall_seconds"]
+    transfer = [r for r in first["cells"] if r["experiment"] == "transfer" and r["method"] == "barlow"][0]
+    assert transfer["band_map"]["dropped"] == ["B10"]  # 12-band encoder, 13-band target
+    # Two pre-trainings (the full pipeline shared by three experiments, one crop-only arm).
+    assert sorted(os.listdir(os.path.join(workdir, "pretrain"))) == ["barlow_demo_ben_crop_only_0.5_s0",
+                                                                     "barlow_demo_ben_full_s0"]
+
+    again = driver.run(config, workdir)
+    assert again["ran_cells"] == 0 and again["skipped_cells"] == len(cells)
+    for cell in cells:
+        record = json.load(open(os.path.join(workdir, "cells", cell.eval_id, "cell.json")))
+        assert (record["finished"], record["wall_seconds"]) == walls[cell.eval_id]
+
+
+def test_unregistered_methods_are_skipped_with_a_log_line(caplog):
+    config = benchmark.get_config("demo")
+    with caplog.at_level(logging.WARNING):
+        cells = expand(config)
+    assert "Method 'mocov2' is not registered yet" in caplog.text
+    assert {c.method for c in cells} == {"barlow", "random", "supervised"}
+    assert config.methods == ("mocov2", "simsiam", "swav", "barlow")
+
+
+def test_review_preset_names_the_missing_dataset_and_its_converter(tmp_path):
+    config = benchmark.get_config("review")
+    with pytest.raises(DatasetError, match=r"config.data.dirs.bigearthnet is not set.*python -m data_prep.bigearthnet"):
+        driver.run(config, str(tmp_path / "review"))
+    config.data.dirs.bigearthnet = str(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"nowhere holds no manifest.json"):
+        driver.run(config, str(tmp_path / "review"))
