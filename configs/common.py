@@ -205,14 +205,16 @@ def add_monitor(config: ml_collections.ConfigDict, arg: str | None) -> ml_collec
 def optimizer(config: ml_collections.ConfigDict, name: str, base_lr: float, weight_decay: float,
               **settings: object) -> ml_collections.ConfigDict:
     """``config.optim``: ``name`` with ``base_lr`` at global batch 256 (``lr`` follows the batch;
-    with LARS, ``base_lr_biases`` too), momentum 0.9 and a cosine schedule unless ``settings``
-    say otherwise."""
+    with LARS, ``base_lr_biases`` too), momentum 0.9, a cosine schedule without warm-up and no
+    gradient clipping unless ``settings`` say otherwise (see ``ssl4eo_jax.optim``)."""
     optim = ml_collections.ConfigDict({
         "name": name, "base_lr": base_lr, "momentum": 0.9, "weight_decay": weight_decay, "schedule": "cosine",
-        "warmup_epochs": 0.0, "per_epoch": False, "end_lr_fraction": 0.0,
+        "warmup_epochs": 0.0, "per_epoch": False, "end_lr_fraction": 0.0, "clip_grad": 0.0,
     })
     if name == "lars":
         optim.update({"eta": 0.001, "base_lr_biases": base_lr})
+    if name == "sgd":
+        optim.weight_decay_1d = True  # PyTorch's SGD decays biases and norms too
     optim.update(settings)
     config.optim = optim
     config.optim.lr = scaled_lr(config, "base_lr")
