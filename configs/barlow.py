@@ -22,22 +22,12 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config("barlow", arg)
+    common.add_monitor(config, arg)
 
     config.barlow = ml_collections.ConfigDict()
     config.barlow.lambd = 0.0051
     config.barlow.projector = (2048, 2048, 2048)
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "lars"
-    config.optim.base_lr = 0.1  # weights, at global batch 256
-    config.optim.base_lr_biases = 0.0048  # biases and BN parameters, at global batch 256
-    config.optim.lr = common.scaled_lr(config, "base_lr")
-    config.optim.lr_biases = common.scaled_lr(config, "base_lr_biases")
-    config.optim.momentum = 0.9
-    config.optim.weight_decay = 1e-6
-    config.optim.eta = 0.001
-    config.optim.schedule = "cosine"
-    config.optim.warmup_epochs = common.warmup_epochs(arg)
-    config.optim.per_epoch = False
-    config.optim.end_lr_fraction = 0.0
+    # lr 0.1 for weights, 0.0048 for biases and BN parameters, at global batch 256.
+    common.optimizer(config, "lars", 0.1, 1e-6, base_lr_biases=0.0048, warmup_epochs=common.warmup_epochs(arg))
     return config

@@ -207,3 +207,70 @@ def scaled_lr(config: ml_collections.ConfigDict, base: str) -> config_dict.Field
 
 def warmup_epochs(arg: str | None) -> float:
     return float(preset(arg)[1]["warmup_epochs"])
+
+
+def is_demo(arg: str | None) -> bool:
+    """Whether the preset is the embedded demo data (or a demo stand-in: ``demo_*``)."""
+    return preset(arg)[0].startswith("demo")
+
+
+def add_monitor(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """``config.monitor`` (collapse watch, online kNN, best checkpoint) and ``config.eval.use_best``.
+
+    The collapse threshold is on ``embedding_std_rel`` = std of the L2-normalised embeddings x
+    sqrt(dim): ~1 for embeddings spread over the sphere, 0 at complete collapse. ``patience`` counts
+    consecutive log points (``train.log_every``) below it, from ``start_epoch`` on: a randomly
+    initialised encoder with a head without BN (MoCo) starts near 0.1 and spreads out as it learns.
+    """
+    demo = is_demo(arg)
+    config.monitor = ml_collections.ConfigDict({
+        "enabled": True,
+        "std_threshold": 0.05,
+        "patience": 5,
+        "start_epoch": 1.0,
+        "stop_on_collapse": False,
+        "every": 50 if demo else 500,  # steps between kNN monitor runs (0: off); the last step always runs
+        "bank": 500 if demo else 2000,  # first train patches: the kNN bank
+        "queries": 250 if demo else 1000,  # first val (else test) patches: the queries
+        "keep_best": True,  # keep the checkpoint with the best kNN score in <workdir>/checkpoints_best
+    })
+    config.eval.use_best = False  # evaluate the best-kNN checkpoint instead of the last one
+    return config
+
+
+def optimizer(config: ml_collections.ConfigDict, name: str, base_lr: float, weight_decay: float,
+              **settings: object) -> ml_collections.ConfigDict:
+    """``config.optim``: ``name`` with ``base_lr`` at global batch 256 (``lr`` follows the batch;
+    with LARS, ``base_lr_biases`` too), momentum 0.9, a cosine schedule without warm-up and no
+    gradient clipping unless ``settings`` say otherwise (see ``ssl4eo_jax.optim``)."""
+    optim = ml_collections.ConfigDict({
+        "name": name, "base_lr": base_lr, "momentum": 0.9, "weight_decay": weight_decay, "schedule": "cosine",
+        "warmup_epochs": 0.0, "per_epoch": False, "end_lr_fraction": 0.0, "clip_grad": 0.0,
+    })
+    if name == "lars":
+        optim.update({"eta": 0.001, "base_lr_biases": base_lr})
+    if name == "sgd":
+        optim.weight_decay_1d = True  # PyTorch's SGD decays biases and norms too
+    optim.update(settings)
+    config.optim = optim
+    config.optim.lr = scaled_lr(config, "base_lr")
+    if name == "lars":
+        config.optim.lr_biases = scaled_lr(config, "base_lr_biases")
+    return config.optim
+
+
+def published_warmup(arg: str | None) -> float:
+    """The 10 warm-up epochs of the BYOL, SimCLR, VICReg and DINO recipes (the demo preset's 2)."""
+    return warmup_epochs(arg) if is_demo(arg) else 10.0
+
+
+def asymmetric_views(config: ml_collections.ConfigDict, local_blur: float | None = None) -> None:
+    """BYOL's asymmetric global views (also VICReg's and DINO's): blur p 1.0 on view 1 and 0.1 on
+    view 2, solarisation p 0.2 on view 2 only; local views (DINO) blur with ``local_blur`` and are
+    never solarised."""
+    if "solarize" not in config.aug.ops:
+        config.aug.ops = tuple(config.aug.ops) + ("solarize",)
+    config.aug.global_overrides = ({"blur": {"p": 1.0}, "solarize": {"p": 0.0}},
+                                   {"blur": {"p": 0.1}, "solarize": {"p": 0.2}})
+    if local_blur is not None:
+        config.aug.local_overrides = {"blur": {"p": local_blur}, "solarize": {"p": 0.0}}

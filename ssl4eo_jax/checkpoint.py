@@ -2,7 +2,8 @@
 
 ``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (params, batch_stats, optimizer
 state, method extras, step), ``data`` (one Grain iterator state file per process) and ``config``
-(JSON). Every process calls save and restore; the state restores into an abstract tree that
+(JSON), plus optionally ``info`` (JSON: the training monitor's state and scores). The best
+checkpoint by the kNN monitor lives beside them in ``<workdir>/checkpoints_best/``. Every process calls save and restore; the state restores into an abstract tree that
 carries the shardings of the current mesh. Before restoring, the saved config is compared with the
 current one so that a checkpoint of a different model or method fails with a readable message
 instead of a shape error.
@@ -60,29 +61,40 @@ def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 class Checkpointer:
     """Saves and restores (state, data iterator, config) under ``<workdir>/checkpoints``."""
 
-    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, subdir: str = "checkpoints"):
+        self.directory = os.path.abspath(os.path.join(workdir, subdir))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-            item_names=("state", "data", "config"),
+            item_names=("state", "data", "config", "info"),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iter: Any, config: dict[str, Any]) -> None:
+    def save(self, step: int, state: Any, data_iter: Any, config: dict[str, Any],
+             info: dict[str, Any] | None = None) -> None:
         # The topology is saved with the config: each process's data-iterator state belongs to its
         # shard of the stream, so a run resumes on the same number of processes.
         config = {**config, "_runtime": {"process_count": jax.process_count()}}
+        items = {"info": ocp.args.JsonSave(info)} if info is not None else {}
         self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=grain.checkpoint.CheckpointSave(data_iter),
                 config=ocp.args.JsonSave(config),
+                **items,
             ),
         )
+
+    def info(self, step: int) -> dict[str, Any]:
+        """The ``info`` item saved with checkpoint ``step`` ({} when it has none)."""
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(info=ocp.args.JsonRestore()))
+        except KeyError:
+            return {}
+        return dict(restored["info"] or {})
 
     def saved_config(self, step: int) -> dict[str, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -102,16 +114,19 @@ class Checkpointer:
                 + "\n  ".join(problems)
                 + "\nUse a new --workdir for this config, or run with the checkpoint's settings to resume it."
             )
+        return self._restore(step, state_like, data=grain.checkpoint.CheckpointRestore(data_iter))
+
+    def restore_state(self, step: int, state_like: Any) -> Any:
+        """Only the train state of checkpoint ``step`` (e.g. the best one, for evaluation)."""
+        return self._restore(step, state_like)
+
+    def _restore(self, step: int, state_like: Any, **items: Any) -> Any:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like
         )
         try:
             restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract),
-                    data=grain.checkpoint.CheckpointRestore(data_iter),
-                ),
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), **items)
             )
         except (ValueError, KeyError, TypeError) as e:
             raise IncompatibleCheckpointError(

@@ -5,8 +5,18 @@
   rate. Biases and normalisation parameters (every 1-D parameter, as the reference's
   ``exclude_bias_and_norm``) get neither weight decay nor the trust ratio, and their own learning
   rate (``lr_biases``).
-* ``sgd``: SGD with momentum and coupled weight decay (PyTorch's ``SGD(weight_decay=...)``).
+* ``sgd``: SGD with momentum and coupled weight decay (PyTorch's ``SGD(weight_decay=...)``), on every
+  parameter unless ``weight_decay_1d=False`` (DINO's groups: biases and norms without decay).
 * ``adamw``: AdamW with decoupled weight decay, 1-D parameters excluded from decay.
+
+``clip_grad > 0`` first clips each parameter's gradient to that L2 norm on its own (DINO's
+``clip_gradients``; not a global-norm clip).
+
+Parameter groups (``ParamGroup``, chosen by a method): a group may keep its learning rate constant
+at the base value (SimSiam's ``fix_pred_lr``) or be frozen for its first steps (SwAV's prototypes,
+DINO's last layer). Frozen means what the reference's ``p.grad = None`` means: no update, no
+weight decay, no momentum or Adam-moment change; the group's schedule then continues at the global
+step.
 
 Schedules: linear warm-up, then ``cosine`` decay to ``end_lr_fraction`` x lr, or ``step`` decay by
 ``gamma`` at ``milestones`` (epochs), or ``constant``. ``per_epoch=True`` evaluates the schedule at the
@@ -15,8 +25,9 @@ start of each epoch, as the reference scripts do; otherwise it is smooth per ste
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,20 +92,88 @@ def lars(
     )
 
 
-def make_optimizer(cfg: Any, steps_per_epoch: float, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
-    """Builds the optimizer of ``config.optim``; returns it and the schedule of the main lr."""
+@dataclasses.dataclass(frozen=True)
+class ParamGroup:
+    """How one group of parameters departs from the optimizer's defaults."""
+
+    constant_lr: bool = False  # the base lr at every step, no warm-up or decay (SimSiam fix_pred_lr)
+    frozen_steps: int = 0  # no update of any kind for the first steps (SwAV prototypes, DINO last layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroups:
+    """A method's parameter groups: ``labels(params)`` names a group per leaf ("default" or a key of
+    ``groups``)."""
+
+    labels: Callable[[Any], Any]
+    groups: dict[str, ParamGroup]
+
+
+class FreezeState(NamedTuple):
+    count: jnp.ndarray
+    inner: Any
+
+
+def frozen_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+    """``inner`` that, for its first ``steps`` updates, outputs zeros and leaves its state untouched."""
+
+    def init(params: Any) -> FreezeState:
+        return FreezeState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates: Any, state: FreezeState, params: Any = None) -> tuple[Any, FreezeState]:
+        new_updates, new_inner = inner.update(updates, state.inner, params)
+        frozen = state.count < steps
+        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+        new_inner = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), state.inner, new_inner)
+        return new_updates, FreezeState(jnp.minimum(state.count + 1, steps), new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
+    """DINO's ``clip_gradients``: each gradient scaled by ``min(1, max_norm / (||g|| + 1e-6))``."""
+
+    def clip(g: jnp.ndarray) -> jnp.ndarray:
+        return g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g) + 1e-6))
+
+    return optax.stateless(lambda updates, params: jax.tree.map(clip, updates))
+
+
+def _base_optimizer(cfg: Any, lr: Schedule, lr_biases: Schedule) -> optax.GradientTransformation:
     name = cfg.name
-    lr = make_schedule(cfg, float(cfg.lr), steps_per_epoch, total_steps)
     if name == "lars":
-        lr_b = make_schedule(cfg, float(cfg.get("lr_biases", cfg.lr)), steps_per_epoch, total_steps)
-        return lars(lr, lr_b, cfg.weight_decay, cfg.momentum, cfg.eta), lr
+        return lars(lr, lr_biases, cfg.weight_decay, cfg.momentum, cfg.eta)
     if name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(cfg.weight_decay),
+        mask = None if cfg.get("weight_decay_1d", True) else is_matrix
+        return optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay, mask=mask),
             optax.sgd(lr, momentum=cfg.momentum or None, nesterov=bool(cfg.get("nesterov", False))),
         )
-        return tx, lr
     if name == "adamw":
-        tx = optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), weight_decay=cfg.weight_decay, mask=is_matrix)
-        return tx, lr
+        return optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), weight_decay=cfg.weight_decay,
+                           mask=is_matrix)
     raise ConfigError(f"Unknown optimizer {name!r} in config.optim.name; choose lars, sgd or adamw.")
+
+
+def make_optimizer(cfg: Any, steps_per_epoch: float, total_steps: int, groups: ParamGroups | None = None
+                   ) -> tuple[optax.GradientTransformation, Schedule]:
+    """Builds the optimizer of ``config.optim`` (with a method's parameter groups); returns it and
+    the schedule of the main lr."""
+    lr = make_schedule(cfg, float(cfg.lr), steps_per_epoch, total_steps)
+    lr_b = make_schedule(cfg, float(cfg.get("lr_biases", cfg.lr)), steps_per_epoch, total_steps)
+    tx = _base_optimizer(cfg, lr, lr_b)
+    if groups is not None and groups.groups:
+        txs = {"default": tx}
+        for label, group in groups.groups.items():
+            g_lr, g_lr_b = lr, lr_b
+            if group.constant_lr:
+                g_lr, g_lr_b = (lambda _, v=float(cfg.lr): v), (lambda _, v=float(cfg.get("lr_biases", cfg.lr)): v)
+            if group.frozen_steps > 0:  # the group's own step count starts after the freeze
+                n = group.frozen_steps
+                g_lr, g_lr_b = (lambda s, f=g_lr: f(s + n)), (lambda s, f=g_lr_b: f(s + n))
+            g_tx = _base_optimizer(cfg, g_lr, g_lr_b)
+            txs[label] = frozen_for(g_tx, group.frozen_steps) if group.frozen_steps > 0 else g_tx
+        tx = optax.multi_transform(txs, groups.labels)
+    if cfg.get("clip_grad", 0.0):
+        tx = optax.chain(clip_per_parameter(float(cfg.clip_grad)), tx)
+    return tx, lr

@@ -25,8 +25,9 @@ from ssl4eo_jax.data.datasets import load_dataset_manifest
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.evaluators import evaluate_frozen, frozen_encoder
-from ssl4eo_jax.methods import get_method
-from ssl4eo_jax.methods.base import Method
+from ssl4eo_jax.methods import TrainLength, get_method
+from ssl4eo_jax.methods.base import Method, encoder_variables
+from ssl4eo_jax.monitor import TrainingMonitor
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.report import MetricsLog, summary_table, write_json
 
@@ -77,7 +78,7 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
         (loss, (batch_stats, extra, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        extra = method.after_update(params, extra, step)
+        params, extra = method.after_update(params, extra, step)
         new_state = {"step": step + 1, "params": params, "batch_stats": batch_stats, "opt": opt, "extra": extra}
         return new_state, {"loss": loss, "lr": lr_fn(step), **aux}
 
@@ -94,10 +95,6 @@ def total_steps(config: Any, steps_per_epoch: float) -> int:
     if config.train.get("steps", 0) and config.train.steps > 0:
         return int(config.train.steps)
     return max(1, int(math.ceil(config.train.epochs * steps_per_epoch)))
-
-
-def encoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
-    return {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -133,8 +130,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mean, std = manifest.band_stats()
 
     # Model, optimizer, state, step.
-    method = get_method(config)
-    tx, lr_fn = make_optimizer(config.optim, spe, n_steps)
+    length = TrainLength(spe, n_steps)
+    method = get_method(config, length, mesh)
+    tx, lr_fn = make_optimizer(config.optim, spe, n_steps, method.param_groups())
     state = init_state(method, tx, config, manifest.num_bands, mesh)
     train_step = make_train_step(method, tx, lr_fn, config, mean, std, mesh)
     data_iter = pipeline.DeviceIterator(
@@ -142,11 +140,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         threads=config.data.get("threads", 2),
     )
 
-    # Checkpoint: resume when the work directory has one.
+    # Checkpoint: resume when the work directory has one. The monitor watches for collapse.
+    frozen = frozen_encoder(method.encoder, mesh, config.eval, mean, std)
+    monitor = TrainingMonitor(config, workdir, frozen, sources, length.steps_per_epoch)
     ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
         state = ckpt.restore(start, state, data_iter, config_dict)
+        monitor.restore(ckpt.info(start), start)
         logging.info("Resumed from %s at step %d", ckpt.directory, start)
     log_name = "metrics.jsonl" if is_main else f"metrics.process{jax.process_index()}.jsonl"
     metrics_log = MetricsLog(os.path.join(workdir, log_name), resume_step=start,
@@ -160,21 +161,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     clock = {"time": time.time(), "step": start}
     bar = tqdm(total=n_steps, initial=start, desc=f"pre-training {config.method}", unit="step", disable=not is_main)
 
-    def flush(done: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
+    def flush(done: int, metrics: dict[str, jax.Array], knn: bool = False) -> dict[str, float]:
         nonlocal train_seconds
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.time()
         train_seconds += now - clock["time"]
         ips = (done - clock["step"]) * global_batch / max(now - clock["time"], 1e-9)
-        clock.update(time=now, step=done)
-        metrics_log.write({"step": done, "epoch": done / spe, **values, "images_per_sec": ips})
+        record = {"step": done, "epoch": done / spe, **values, "images_per_sec": ips}
+        with jax.transfer_guard("allow"):  # the kNN monitor is an evaluation: it feeds the device on purpose
+            record.update(monitor.observe(done, values, state, data_iter, config_dict, knn=knn))
+        metrics_log.write(record)
         bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{ips:.0f}")
-        logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s", done, n_steps, values["loss"], values["lr"], ips)
+        logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s%s", done, n_steps, values["loss"], values["lr"],
+                     ips, monitor.describe(values))
         if not np.isfinite(values["loss"]):
             raise FloatingPointError(
                 f"The loss is {values['loss']} at step {done}. Lower config.optim.lr or check the input "
                 f"statistics in {manifest.root}/manifest.json."
             )
+        clock.update(time=time.time(), step=done)  # the kNN monitor's time is not training time
         return values
 
     with jax.transfer_guard(config.train.get("transfer_guard", "allow")):
@@ -190,13 +195,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 last = flush(*pending)
                 pending = None
             done = step + 1
-            if done % log_every == 0 or done == n_steps:
+            if monitor.knn_due(done, n_steps):  # the kNN monitor scores this step's state: synchronous
+                last = flush(done, metrics, knn=True)
+            elif done % log_every == 0 or done == n_steps:
                 for value in metrics.values():
                     value.copy_to_host_async()
                 pending = (done, metrics)
-            if done % ckpt_every == 0 or done == n_steps:
-                ckpt.save(done, state, data_iter, config_dict)
+            if done % ckpt_every == 0 or done == n_steps or monitor.stop:
+                ckpt.save(done, state, data_iter, config_dict, info=monitor.state())
             bar.update(1)
+            if monitor.stop:
+                logging.warning("Stopped at step %d of %d: the embeddings collapsed.", done, n_steps)
+                n_steps = done
+                break
         if pending is not None:
             last = flush(*pending)
     bar.close()
@@ -211,15 +222,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "devices": jax.device_count(), "platform": jax.devices()[0].platform, "processes": jax.process_count(),
         "global_batch": global_batch, "steps": n_steps, "epochs": n_steps / spe, "resumed_from": start,
         "final_metrics": last, "compile_seconds": compile_seconds, "train_images_per_sec": ips_mean,
+        "stopped_on_collapse": monitor.stop, **monitor.summary(),
     }
     if config.eval.enabled:
         init_vars, _ = jax.jit(lambda: init_variables(method, config, manifest.num_bands))()
-        trained_vars = {"params": state["params"], "batch_stats": state["batch_stats"]}
-        frozen = frozen_encoder(method.encoder, mesh, config.eval, mean, std)
+        best = monitor.best_state(state) if config.eval.get("use_best", False) else None
+        trained_vars = best[0] if best else state
+        results["evaluated_checkpoint"] = {"which": "best" if best else "last", "step": best[1] if best else n_steps}
         results["pretrained"] = evaluate_frozen(frozen, encoder_variables(trained_vars), sources, config.eval,
                                                 "pre-trained")
         results["random_init"] = evaluate_frozen(frozen, encoder_variables(init_vars), sources, config.eval,
                                                  "random-init", recompute_bn=True)
+    monitor.close()
     results["wall_seconds"] = time.time() - began
     if is_main:
         write_json(os.path.join(workdir, "results.json"), results)

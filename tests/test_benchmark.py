@@ -11,6 +11,7 @@ from ssl4eo_jax.benchmark import driver
 from ssl4eo_jax.benchmark.figures import FIGURES
 from ssl4eo_jax.benchmark.grid import expand
 from ssl4eo_jax.data.manifest import DatasetError
+from ssl4eo_jax.errors import ConfigError
 
 
 def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
@@ -54,13 +55,17 @@ def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
         assert (record["finished"], record["wall_seconds"]) == walls[cell.eval_id]
 
 
-def test_unregistered_methods_are_skipped_with_a_log_line(caplog):
+def test_demo_grid_has_the_review_methods_and_unknown_methods_are_refused():
     config = benchmark.get_config("demo")
-    with caplog.at_level(logging.WARNING):
-        cells = expand(config)
-    assert "Method 'mocov2' is not registered yet" in caplog.text
-    assert {c.method for c in cells} == {"barlow", "random", "supervised"}
+    cells = expand(config)
     assert config.methods == ("mocov2", "simsiam", "swav", "barlow")
+    assert {c.method for c in cells} == {"mocov2", "simsiam", "swav", "barlow", "random", "supervised"}
+    methods_cells = [c for c in cells if c.experiment == "methods"]
+    # 4 methods + 2 baselines on each of the two pre-training datasets, linear probe only.
+    assert len(methods_cells) == 2 * (4 + 2)
+    config.methods = ("mocov2", "mocov3")
+    with pytest.raises(ConfigError, match="'mocov3' is unknown"):
+        expand(config)
 
 
 def test_review_preset_names_the_missing_dataset_and_its_converter(tmp_path):

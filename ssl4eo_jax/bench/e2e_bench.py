@@ -11,7 +11,7 @@ import numpy as np
 from ssl4eo_jax import sharding, train
 from ssl4eo_jax.bench.step_bench import bench_config
 from ssl4eo_jax.data import open_split, pipeline
-from ssl4eo_jax.methods import get_method
+from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.optim import make_optimizer
 
 
@@ -21,8 +21,8 @@ def bench_e2e(method: str, root: str, batch: int, crop: int, workers: int, dtype
     config = bench_config(method, batch, crop, dtype)
     src = open_split(root, "train")
     mesh = sharding.make_mesh()
-    m = get_method(config)
-    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000)
+    m = get_method(config, TrainLength(1000.0, 100_000), mesh)
+    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000, m.param_groups())
     mean, std = src.manifest.band_stats()
     state = train.init_state(m, tx, config, src.manifest.num_bands, mesh)
     step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)

@@ -13,7 +13,7 @@ import optax
 
 from ssl4eo_jax import augment, sharding, train
 from ssl4eo_jax.bench.timing import time_jitted
-from ssl4eo_jax.methods import get_method
+from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.precision import compute_dtype
 
@@ -58,8 +58,8 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
     config = bench_config(method, batch, crop, dtype)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(batch, mesh)
-    m = get_method(config)
-    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000)
+    m = get_method(config, TrainLength(1000.0, 100_000), mesh)
+    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000, m.param_groups())
     mean, std = np.full((bands,), 1500.0, np.float32), np.full((bands,), 800.0, np.float32)
     state = train.init_state(m, tx, config, bands, mesh)
     step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)

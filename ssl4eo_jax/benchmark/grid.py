@@ -3,18 +3,17 @@ label fraction, protocol, target dataset, seed).
 
 ``method`` is an SSL method of ``ssl4eo_jax.methods`` (pre-trained first), or a baseline:
 ``random`` (the randomly initialised encoder, evaluated frozen) or ``supervised`` (trained from
-scratch on the target: the fine-tuning protocol from random init). Methods that are not registered
-yet are left out with a log line, so a preset lists every method of the review and runs those
-that exist.
+scratch on the target: the fine-tuning protocol from random init). An unknown method name is a
+``ConfigError`` before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any
 
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods import METHODS
 
 BASELINES = ("random", "supervised")
@@ -44,15 +43,12 @@ class Cell:
 
 
 def available_methods(methods: Any) -> list[str]:
-    """The preset's methods that have a registered implementation and a config file."""
-    found = []
+    """The preset's methods, each checked to have a registered implementation and a config file."""
     for name in methods:
-        if name in METHODS and os.path.isfile(os.path.join(CONFIGS_DIR, f"{name}.py")):
-            found.append(name)
-        else:
-            logging.warning("Method %r is not registered yet (ssl4eo_jax.methods.METHODS / configs/%s.py): "
-                            "skipping its cells.", name, name)
-    return found
+        if name not in METHODS or not os.path.isfile(os.path.join(CONFIGS_DIR, f"{name}.py")):
+            raise ConfigError(f"Benchmark method {name!r} is unknown: choose from {sorted(METHODS)} "
+                              f"(ssl4eo_jax.methods.METHODS with a configs/<method>.py).")
+    return list(methods)
 
 
 def _baseline_protocol(baseline: str) -> str:
@@ -81,11 +77,9 @@ def expand(config: Any) -> list[Cell]:
         for dataset in ex.methods.datasets:
             block("methods", dataset, dataset, (1.0,), ex.methods.protocols, ex.methods.baselines)
     if ex.augment.enabled:
-        if ex.augment.method in methods:
-            for arm in ex.augment.arms:
-                add("augment", ex.augment.method, ex.augment.dataset, arm, 1.0, "linear", ex.augment.dataset)
-        else:
-            logging.warning("The augmentation study's method %r is not available: skipping it.", ex.augment.method)
+        available_methods((ex.augment.method,))
+        for arm in ex.augment.arms:
+            add("augment", ex.augment.method, ex.augment.dataset, arm, 1.0, "linear", ex.augment.dataset)
     if ex.fractions.enabled:
         block("fractions", ex.fractions.dataset, ex.fractions.dataset, ex.fractions.fractions, ex.fractions.protocols,
               ex.fractions.baselines)

@@ -1,19 +1,41 @@
-"""Registry of SSL methods: ``get_method(config)`` builds the one named by ``config.method``."""
+"""Registry of SSL methods: ``get_method(config, length, mesh)`` builds the one named by
+``config.method`` (mocov2, swav, simsiam, barlow, byol, simclr, vicreg, dino)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
+
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods.barlow import BarlowTwins
-from ssl4eo_jax.methods.base import Method
+from ssl4eo_jax.methods.base import Method, TrainLength
+from ssl4eo_jax.methods.byol import BYOL
+from ssl4eo_jax.methods.dino import DINO
+from ssl4eo_jax.methods.mocov2 import MoCoV2
+from ssl4eo_jax.methods.simclr import SimCLR
+from ssl4eo_jax.methods.simsiam import SimSiam
+from ssl4eo_jax.methods.swav import SwAV
+from ssl4eo_jax.methods.vicreg import VICReg
 
-METHODS: dict[str, Callable[[Any], Method]] = {
+METHODS: dict[str, Callable[..., Method]] = {
+    "mocov2": MoCoV2,
+    "swav": SwAV,
+    "simsiam": SimSiam,
     "barlow": BarlowTwins,
+    "byol": BYOL,
+    "simclr": SimCLR,
+    "vicreg": VICReg,
+    "dino": DINO,
 }
 
+__all__ = ["METHODS", "Method", "TrainLength", "get_method"]
 
-def get_method(config: Any) -> Method:
+
+def get_method(config: Any, length: TrainLength | None = None, mesh: jax.sharding.Mesh | None = None) -> Method:
+    """The method of ``config.method``. ``length`` (steps per epoch, total steps) is needed by
+    methods with schedules over the run; ``mesh`` by per-device BatchNorm (MoCo's shuffle-BN;
+    default: every device)."""
     name = config.method
     if name not in METHODS:
         raise ConfigError(
@@ -21,4 +43,4 @@ def get_method(config: Any) -> Method:
         )
     if name not in config:
         raise ConfigError(f"config.method is {name!r} but the config has no {name!r} section with its settings.")
-    return METHODS[name](config)
+    return METHODS[name](config, length=length, mesh=mesh)

@@ -1,23 +1,49 @@
-"""What every SSL method provides to the training loop.
+"""What every SSL method provides to the training loop, and the helpers they share.
 
 A method owns its networks (an encoder plus heads), its extra state (queues, EMA targets, centres)
 and its loss. The training loop owns data, augmentation, the optimizer and checkpoints. Variables
 follow one convention so that evaluators and exporters work for every method: the encoder's
 parameters live at ``params["encoder"]`` and its BatchNorm statistics at
 ``batch_stats["encoder"]``.
+
+One step of the loop, in order::
+
+    loss, (batch_stats, extra, metrics) = method.loss(params, batch_stats, extra, views, step)
+    params = optimizer update of params (with method.param_groups(): constant-lr or frozen groups)
+    params, extra = method.after_update(params, extra, step)   # EMA targets, prototype norms
+
+Methods that need the length of training (momentum and temperature schedules, epoch-based
+starts) get a ``TrainLength``; those that need the device mesh (MoCo's shuffle-BN) get the mesh.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
+from ssl4eo_jax import losses
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.models.resnet import ResNet, resnet
+from ssl4eo_jax.optim import ParamGroups
 from ssl4eo_jax.precision import compute_dtype
 
 Metrics = dict[str, jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLength:
+    """The length of pre-training, for schedules defined in epochs or over the whole run."""
+
+    steps_per_epoch: float
+    total_steps: int
+
+    def steps(self, epochs: float) -> int:
+        """The first step of epoch ``epochs`` (rounded: epochs may be fractional)."""
+        return int(round(epochs * self.steps_per_epoch))
 
 
 class Method(Protocol):
@@ -32,8 +58,37 @@ class Method(Protocol):
     ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         """The loss of one global batch of views; aux = (new batch_stats, new extra, metrics)."""
 
-    def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> Any:
-        """Updates extra state from the new parameters (EMA targets); identity by default."""
+    def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:
+        """(params, extra) after the optimizer's update of step ``step``: EMA targets, prototype
+        normalisation; the identity by default."""
+
+    def param_groups(self) -> ParamGroups | None:
+        """Parameter groups with their own lr rule or freezing, or None (one group)."""
+
+
+class MethodBase:
+    """Defaults of the protocol for a method whose network is ``self.net``."""
+
+    name = "base"
+    net: Any
+
+    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        """The network's variables (all heads initialised), and no extra state."""
+        variables = self.net.init(rng, images, train=True)
+        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}, {}
+
+    def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:
+        return params, extra
+
+    def param_groups(self) -> ParamGroups | None:
+        return None
+
+
+def require_length(length: TrainLength | None, method: str) -> TrainLength:
+    if length is None:
+        raise ConfigError(f"Method {method!r} has schedules over the training run: build it with "
+                          "get_method(config, length=TrainLength(steps_per_epoch, total_steps)).")
+    return length
 
 
 def build_encoder(model_cfg: Any) -> ResNet:
@@ -47,8 +102,56 @@ def build_encoder(model_cfg: Any) -> ResNet:
     )
 
 
+def encoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's ``{"params", "batch_stats"}`` out of a method's variables (or a train state)."""
+    return {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
+
+
+def group_labels(params: Any, groups: dict[str, str]) -> Any:
+    """Labels for ``ParamGroups``: ``groups`` maps a path prefix of ``params`` ("predictor",
+    "projector/last_layer") to its group; every other leaf is "default"."""
+
+    def label(path: tuple, _: Any) -> str:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        for prefix, group in groups.items():
+            if name == prefix or name.startswith(prefix + "/"):
+                return group
+        return "default"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+# ----------------------------------------------------------------------------- collapse metrics
+
+
 def embedding_std(z: jnp.ndarray) -> jnp.ndarray:
     """Mean per-dimension std of L2-normalised embeddings; ~1/sqrt(D) when healthy, 0 at collapse."""
-    z = z.astype(jnp.float32)
-    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    z = losses.l2_normalize(z)
     return jnp.mean(jnp.std(z, axis=0))
+
+
+def effective_rank(z: jnp.ndarray) -> jnp.ndarray:
+    """Roy & Vetterli (2007): exp of the Shannon entropy of the L1-normalised singular values of the
+    batch-centred (N, D) matrix; between 1 and min(N, D), 0 for a constant batch.
+
+    Singular values straight from an SVD (O(min(N, D)^2 max(N, D)), a few ms for a batch): those
+    from a Gram matrix's eigenvalues would turn float32 round-off into spurious small values."""
+    z = z.astype(jnp.float32)
+    s = jnp.linalg.svd(z - jnp.mean(z, axis=0), compute_uv=False)
+    total = jnp.sum(s)
+    p = s / jnp.maximum(total, 1e-30)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return jnp.where(total > 0, jnp.exp(entropy), 0.0)
+
+
+def embedding_metrics(z: jnp.ndarray) -> Metrics:
+    """The collapse metrics of a batch of embeddings (N, D), stop-gradient:
+
+    * ``embedding_std``: the std of the L2-normalised embeddings, mean over dimensions;
+    * ``embedding_std_rel``: the same times sqrt(D), ~1 for well-spread embeddings, 0 at collapse
+      (the collapse monitor's threshold is in these units, so it fits any embedding size);
+    * ``effective_rank`` of the L2-normalised embeddings.
+    """
+    z = jax.lax.stop_gradient(losses.l2_normalize(z))
+    std = embedding_std(z)
+    return {"embedding_std": std, "embedding_std_rel": std * math.sqrt(z.shape[-1]), "effective_rank": effective_rank(z)}

@@ -1,0 +1,53 @@
+"""DINO pre-training of a ResNet-18 on Sentinel-2 patches.
+
+Run (demo data):
+    python -m ssl4eo_jax.main --config=configs/dino.py --workdir=runs/dino_demo
+On a converted dataset:
+    python -m ssl4eo_jax.main --config=configs/dino.py:bigearthnet --config.data.dir=/data/ben
+
+Published defaults for ResNets (facebookresearch/dino README, ResNet-50 command, other arguments at
+their defaults; also SSL4EO-S12's DINO RN50): head 2048-2048-256 without BN, out_dim 65536,
+last layer weight-normalised with its gain fixed (``norm_last_layer``) and frozen for the first
+epoch; student temperature 0.1, teacher temperature 0.04 throughout (warm-up 0.04 -> 0.04 over 0
+epochs; the ViT recipes use 0.04 -> 0.07 over 30), centre momentum 0.9, teacher momentum 0.996 ->
+1 by cosine; 2 global crops of scale (0.14, 1) and 8 local crops of scale (0.05, 0.14) at 3/7 of the
+global size (96 for 224); views: blur always on global view 1, with p 0.1 on global view 2 and 0.5
+on local views, solarisation p 0.2 on global view 2 only, on top of the review's multispectral
+pipeline; SGD, lr 0.03 x B/256, momentum 0.9, weight decay 1e-4 (biases and norms excluded, as the
+official parameter groups), per-parameter gradient clipping at 3.0, 10 warm-up epochs then cosine to
+min lr 1e-6.
+Demo preset: out_dim 4096, 4 local crops, 2 warm-up epochs (a CPU-sized run).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.base_config("dino", arg)
+    common.add_monitor(config, arg)
+    demo = common.is_demo(arg)
+    common.asymmetric_views(config, local_blur=0.5)
+    config.aug.crop.scale = (0.14, 1.0)
+    config.aug.local_crop_scale = (0.05, 0.14)
+    config.aug.local_views = 4 if demo else 8
+
+    config.dino = ml_collections.ConfigDict()
+    config.dino.out_dim = 4096 if demo else 65536
+    config.dino.hidden = (2048, 2048)
+    config.dino.bottleneck = 256
+    config.dino.use_bn = False
+    config.dino.norm_last_layer = True
+    config.dino.freeze_last_layer = 1.0  # epochs
+    config.dino.student_temp = 0.1
+    config.dino.teacher_temp = 0.04
+    config.dino.warmup_teacher_temp = 0.04
+    config.dino.warmup_teacher_temp_epochs = 0
+    config.dino.center_momentum = 0.9
+    config.dino.momentum_teacher = 0.996
+
+    optim = common.optimizer(config, "sgd", 0.03, 1e-4, weight_decay_1d=False, clip_grad=3.0,
+                             warmup_epochs=common.published_warmup(arg), min_lr=1e-6)
+    optim.end_lr_fraction = optim.get_ref("min_lr") / optim.get_ref("lr")
+    return config

@@ -1,0 +1,38 @@
+"""SimSiam pre-training of a ResNet-18 on Sentinel-2 patches.
+
+Run (demo data):
+    python -m ssl4eo_jax.main --config=configs/simsiam.py --workdir=runs/simsiam_demo
+On a converted dataset:
+    python -m ssl4eo_jax.main --config=configs/simsiam.py:bigearthnet --config.data.dir=/data/ben
+
+Follows the SSL4EO review's reference (src/models/simsiam/builder.py,
+src/bigearthnet_B12_simsiam_train.py, srun_train_simsiam_rn18.sh): projector 512-512-2048 (3 layers,
+BN, last BN without affine), predictor 2048-512-2048, encoder with zero-initialised residual BNs;
+SGD, lr 0.05 at global batch 256 (scaled linearly here; the reference does not scale), momentum 0.9,
+weight decay 1e-4; step decay x0.1 at epochs 60 and 80 (no ``--cos`` for ResNet-18);
+``fix_pred_lr`` off (the reference uses it for ResNet-50 only); 100 epochs.
+The review found SimSiam collapsing after about 10 epochs on Sentinel-2 and probed the epoch-10
+checkpoint: the collapse monitor (``config.monitor``) watches for it; ``--config.eval.use_best=True``
+evaluates the checkpoint with the best online kNN score.
+Demo preset: milestones at 60% and 80% of its epochs.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.base_config("simsiam", arg)
+    common.add_monitor(config, arg)
+    config.model.zero_init_residual = True
+
+    config.simsiam = ml_collections.ConfigDict()
+    config.simsiam.projector = (512, 512, 2048)  # hidden = the encoder's feature size
+    config.simsiam.predictor = (512, 2048)
+    config.simsiam.fix_pred_lr = False
+
+    epochs = config.train.epochs
+    milestones = (60.0, 80.0) if not common.is_demo(arg) else (0.6 * epochs, 0.8 * epochs)
+    common.optimizer(config, "sgd", 0.05, 1e-4, schedule="step", milestones=milestones, gamma=0.1)
+    return config

@@ -1,0 +1,106 @@
+"""MoCo v2 (Chen et al. 2020), as the SSL4EO review's ``src/models/moco/builder.py``.
+
+* Query network: encoder + MLP head (Linear 512->512 with bias, ReLU, Linear 512->128 with bias, no
+  BN: the reference's ``--mlp`` ``fc`` replacement); key network: its momentum copy.
+* Order within a step, as ``builder.forward``: the key network is first updated with the *current*
+  query parameters (``m * key + (1 - m) * query``, m = 0.999 constant), then computes the keys of
+  view 2; the loss is InfoNCE of the queries of view 1 against their keys and the queue (T = 0.2);
+  then the keys of the whole global batch are enqueued at the pointer (the reference gathers all
+  GPUs' keys first; under ``jit`` the keys are already the global batch), and the pointer moves on
+  modulo K. K must be a multiple of the global batch (the reference asserts it). The queue starts
+  as random unit vectors, as the reference's ``normalize(randn(dim, K))``.
+* Shuffle-BN (``shuffle_bn=True``, the reference's DDP setting): both networks use per-device BN
+  statistics (PyTorch DDP without SyncBN), and the key network sees the batch randomly permuted
+  across devices, so a query and its key never share BN statistics; the keys are then put back in
+  order. With one device this is plain BN. The loss then depends on the number of devices (BN
+  groups are ``global_batch / devices`` examples: 64 in the reference's 4-GPU runs).
+  ``shuffle_bn=False`` uses global BN statistics for both (MoCo v3's SyncBN; device-count
+  invariant).
+* The loss is asymmetric (view 1 queries, view 2 keys), as MoCo v2.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ssl4eo_jax import losses, sharding
+from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.methods.base import Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics
+from ssl4eo_jax.methods.nets import EncoderHeads, ViewOutput, apply_train, forward_per_device
+from ssl4eo_jax.methods.targets import ema, momentum_at
+from ssl4eo_jax.models.heads import MLP
+
+
+def enqueue(queue: jnp.ndarray, ptr: jnp.ndarray, keys: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Writes ``keys`` (B, D) into ``queue`` (K, D) at rows ``ptr:ptr+B``; returns the queue and the
+    next pointer ((ptr + B) mod K; K is a multiple of B)."""
+    size, batch = queue.shape[0], keys.shape[0]
+    queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, jnp.zeros_like(ptr)))
+    ptr = ptr + batch
+    return queue, jnp.where(ptr >= size, 0, ptr).astype(jnp.int32)
+
+
+class MoCoV2(MethodBase):
+    name = "mocov2"
+
+    def __init__(self, config: Any, length: TrainLength | None = None, mesh: jax.sharding.Mesh | None = None):
+        cfg = config.mocov2
+        self.queue_size = int(cfg.queue_size)
+        self.temperature = float(cfg.temperature)
+        self.momentum = float(cfg.momentum)
+        self.momentum_schedule = str(cfg.get("momentum_schedule", "constant"))
+        self.total_steps = length.total_steps if length is not None else 1
+        self.shuffle_bn = bool(cfg.shuffle_bn)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh()
+        self.seed = int(config.seed)
+        batch = int(config.data.global_batch)
+        if self.queue_size <= 0 or self.queue_size % batch:
+            raise ConfigError(
+                f"config.mocov2.queue_size={self.queue_size} must be a positive multiple of the global batch "
+                f"({batch}), as in the reference; e.g. {max(1, self.queue_size // batch) * batch}."
+            )
+        if self.momentum_schedule == "cosine" and length is None:
+            raise ConfigError("config.mocov2.momentum_schedule='cosine' needs the training length (get_method(..., length)).")
+        self.encoder = build_encoder(config.model)
+        projector = MLP(tuple(cfg.projector), use_bias=True, hidden_norm=False, dtype=self.encoder.dtype)
+        self.net = EncoderHeads(self.encoder, projector)
+
+    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        k_net, k_queue = jax.random.split(rng)
+        variables, _ = super().init(k_net, images)
+        dim = self.net.projector.sizes[-1]
+        queue = losses.l2_normalize(jax.random.normal(k_queue, (self.queue_size, dim), jnp.float32))
+        extra = {"key_params": variables["params"], "key_batch_stats": variables["batch_stats"], "queue": queue,
+                 "queue_ptr": jnp.zeros((), jnp.int32)}
+        return variables, extra
+
+    def _forward(self, params: Any, batch_stats: Any, x: jnp.ndarray) -> tuple[ViewOutput, Any]:
+        if self.shuffle_bn:
+            return forward_per_device(self.net, params, batch_stats, x, self.mesh)
+        return apply_train(self.net, params, batch_stats, x)
+
+    def keys(self, key_params: Any, key_batch_stats: Any, images: jnp.ndarray, step: jnp.ndarray
+             ) -> tuple[jnp.ndarray, Any]:
+        """Normalised keys (stop-gradient) of ``images`` in their original order, and the key
+        network's new BN statistics; shuffled across devices first with shuffle-BN."""
+        if self.shuffle_bn:
+            perm = jax.random.permutation(jax.random.fold_in(jax.random.key(self.seed), step), images.shape[0])
+            images = images[perm]
+        (_, k, _), key_batch_stats = self._forward(key_params, key_batch_stats, images)
+        if self.shuffle_bn:
+            k = k[jnp.argsort(perm)]
+        return jax.lax.stop_gradient(losses.l2_normalize(k)), key_batch_stats
+
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
+             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+        m = momentum_at(step, self.momentum, self.total_steps, self.momentum_schedule)
+        key_params = ema(extra["key_params"], params, m)
+        (_, q, _), batch_stats = self._forward(params, batch_stats, views[0])
+        k, key_batch_stats = self.keys(key_params, extra["key_batch_stats"], views[1], step)
+        loss = losses.info_nce(q, k, extra["queue"], self.temperature)
+        queue, ptr = enqueue(extra["queue"], extra["queue_ptr"], k)
+        extra = {"key_params": key_params, "key_batch_stats": key_batch_stats, "queue": queue, "queue_ptr": ptr}
+        return loss, (batch_stats, extra, {"momentum": m, **embedding_metrics(q)})
