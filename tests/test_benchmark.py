@@ -22,7 +22,9 @@ def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
     assert {c.experiment for c in cells} == {"methods", "augment", "fractions", "transfer"}
 
     first = driver.run(config, workdir)
-    assert first["ran_cells"] + first["skipped_cells"] == len(cells)
+    distinct = len({c.eval_id for c in cells})
+    assert first["ran_cells"] == distinct and first["skipped_cells"] == len(cells) - distinct
+    assert first["shared_cells"] == len(cells) - distinct  # the same evaluation in two experiments
     recorded = [(r["experiment"], r["eval_id"]) for r in first["cells"]]
     assert recorded == [(c.experiment, c.eval_id) for c in cells]
     for name in ("results.json", "results.md", *FIGURES.values()):
@@ -50,6 +52,7 @@ def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
 
     again = driver.run(config, workdir)
     assert again["ran_cells"] == 0 and again["skipped_cells"] == len(cells)
+    assert again["shared_cells"] == len(cells) - distinct
     for cell in cells:
         record = json.load(open(os.path.join(workdir, "cells", cell.eval_id, "cell.json")))
         assert (record["finished"], record["wall_seconds"]) == walls[cell.eval_id]

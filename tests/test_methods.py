@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -118,8 +119,14 @@ def _trainer(name: str, data_dir: str, n_devices: int = 8, n_batches: int = 2, *
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_trains_on_eight_devices(demo_dir, name):
+def test_method_trains_on_eight_devices(demo_dir, name, tmp_path):
     losses, metrics, state = _trainer(name, demo_dir).run(STEPS)
+    # The whole state, extra state included (SwAV here without a queue), goes through a checkpoint.
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "state", state)
+        ckpt.wait_until_finished()
+        restored = ckpt.restore(tmp_path / "state", state)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
     assert np.all(np.isfinite(losses)), losses
     # Step 0 of MoCo sees a queue of random vectors.
     early, late = np.mean(losses[1:5]), np.mean(losses[-4:])

@@ -143,16 +143,21 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     cells = expand(config)
     check_data(config, datasets_used(cells))
     logging.info("Benchmark %s: %d cells in %s", config.preset, len(cells), workdir)
-    records, ran = [], 0
+    records, ran, shared, seen = [], 0, 0, set()
     bar = tqdm(cells, desc=f"benchmark {config.preset}", unit="cell", disable=jax.process_index() != 0)
     for cell in bar:
         bar.set_postfix_str(f"{cell.experiment}: {cell.eval_id}")
         record, fresh = run_cell(config, cell, workdir)
         ran += fresh
+        reused = not fresh and cell.eval_id in seen  # the same evaluation in another experiment of this grid
+        shared += reused
+        seen.add(cell.eval_id)
         logging.info("Cell %s/%s: %s %.2f (%s, %.0f s%s)", cell.experiment, cell.eval_id, record["metric"],
-                     record["score"], record["split"], record["wall_seconds"], "" if fresh else ", finished before")
+                     record["score"], record["split"], record["wall_seconds"],
+                     "" if fresh else ", shared" if reused else ", finished before")
         records.append({**record, "experiment": cell.experiment})
     results = {"preset": config.preset, "cells": records, "ran_cells": ran, "skipped_cells": len(cells) - ran,
+               "shared_cells": shared,
                "wall_seconds": time.time() - began, "config": config.to_dict()}
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "results.json"), results)
@@ -160,6 +165,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "results.md"), "w") as f:
             f.write(markdown)
         results["figures"] = figures.draw(records, workdir)
-        print(f"\n{markdown}\nBenchmark {config.preset}: {ran} cells run, {len(cells) - ran} finished before, "
+        print(f"\n{markdown}\nBenchmark {config.preset}: {ran} cells run, {shared} shared "
+              f"between experiments, {len(cells) - ran - shared} finished before, "
               f"{results['wall_seconds']:.0f} s; results in {os.path.abspath(workdir)}")
     return results

@@ -90,10 +90,12 @@ class SwAV(MethodBase):
 
     def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
         variables, _ = super().init(rng, images)
-        extra = {
-            "queue": jnp.zeros((self.n_assign, self.queue_length, self.feat_dim), jnp.float32),
-            "queue_filled": jnp.zeros((), jnp.int32),  # rows written so far, at most queue_length
-        }
+        extra = {}  # queue_length 0 (the reference's ResNet-50 runs): no queue in the state
+        if self.queue_length > 0:
+            extra = {
+                "queue": jnp.zeros((self.n_assign, self.queue_length, self.feat_dim), jnp.float32),
+                "queue_filled": jnp.zeros((), jnp.int32),  # rows written so far, at most queue_length
+            }
         return {**variables, "params": normalize_prototypes(variables["params"])}, extra
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
@@ -102,8 +104,8 @@ class SwAV(MethodBase):
         zs = [z for _, z, _ in outs]
         scores = [s for _, _, s in outs]
         args = (self.temperature, self.epsilon, self.sinkhorn_iterations, self.n_assign)
-        queue, filled = extra["queue"], extra["queue_filled"]
         if self.queue_length > 0:
+            queue, filled = extra["queue"], extra["queue_filled"]
             use_queue = filled >= self.queue_length
 
             def with_queue(scores: list[jnp.ndarray]) -> jnp.ndarray:
@@ -116,9 +118,9 @@ class SwAV(MethodBase):
             queue = jnp.where(started, pushed, queue)
             filled = jnp.where(started, jnp.minimum(filled + zs[0].shape[0], self.queue_length), filled)
             metrics = {"queue_used": use_queue.astype(jnp.float32)}
+            extra = {"queue": queue, "queue_filled": filled.astype(jnp.int32)}
         else:
             loss, metrics = losses.swav(scores, *args), {}
-        extra = {"queue": queue, "queue_filled": filled.astype(jnp.int32)}
         return loss, (batch_stats, extra, {**metrics, **embedding_metrics(zs[0])})
 
     def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:
