@@ -11,8 +11,8 @@ LARS with eta 0.001, momentum 0.9, weight decay 1e-6, biases and BN excluded fro
 adaptation; lr 0.1 for weights and 0.0048 for biases at global batch 256 (scaled linearly with the
 batch here); cosine decay without warm-up; 100 epochs; global batch 256 (64 per GPU x 4).
 Differences: the cosine is smooth per step (the reference steps it per epoch; set
-``optim.per_epoch=True`` for that), and the demo preset warms up for 2 epochs because it trains so
-briefly.
+``optim.per_epoch=True`` for that), and the demo presets warm up over the first 10 % of the run,
+as every method's demo (``ssl4eo_jax/short_run.py``).
 """
 
 import ml_collections

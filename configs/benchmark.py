@@ -73,7 +73,6 @@ def _demo(preset: str) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({"width": 16})
     config.pretrain = ml_collections.ConfigDict({
         "data": {"global_batch": 64}, "aug": {"crop_size": 32}, "train": {"epochs": 2.0, "log_every": 8},
-        "optim": {"warmup_epochs": 0.0},
     })
     config.method_overrides = ml_collections.ConfigDict({"barlow": {"barlow": {"projector": (128, 128, 128)}}})
     config.eval_overrides = ml_collections.ConfigDict({

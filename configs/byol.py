@@ -11,7 +11,9 @@ decay 1.5e-6, biases and BN excluded from weight decay and adaptation, 10 warm-u
 to 0; asymmetric views: blur always on view 1 and with p 0.1 on view 2, solarisation only on view 2
 (p 0.2), on top of the review's multispectral pipeline (solarisation reflects normalised values
 above the band mean). Epochs: the preset's (100), not the published 300/1000.
-Demo preset: 2 warm-up epochs.
+Demo presets (``demo*``, ``ssl4eo_jax/short_run.py``): a warm-up over the first 10 % of the run, as
+every method's demo, and a base target momentum giving an EMA horizon of 5 % of the run (0.909 over
+219 steps), never above 0.996, then the cosine to 1.
 """
 
 import ml_collections
@@ -27,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.byol = ml_collections.ConfigDict()
     config.byol.projector = (4096, 256)
     config.byol.predictor = (4096, 256)
-    config.byol.momentum = 0.996
+    config.byol.momentum = common.short_run(arg, 0.996)
     config.byol.momentum_schedule = "cosine"
 
     common.optimizer(config, "lars", 0.2, 1.5e-6, warmup_epochs=common.published_warmup(arg))

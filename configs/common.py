@@ -19,7 +19,7 @@ REFERENCE_BATCH = 256
 # Per-dataset settings. Patch sizes and crops follow the SSL4EO review's reference code where it
 # has them (BigEarthNet 128 px patches, 112 px crops; So2Sat 32 px with a 3x3 stem).
 DATASET_PRESETS = {
-    "demo": dict(crop_size=32, eval_crop_fraction=1.0, stem="imagenet", epochs=14, warmup_epochs=2.0,
+    "demo": dict(crop_size=32, eval_crop_fraction=1.0, stem="imagenet", epochs=14, warmup_epochs=None,
                  log_every=5, checkpoint_every=50),
     "bigearthnet": dict(crop_size=112, eval_crop_fraction=0.875, stem="imagenet", epochs=100, warmup_epochs=0.0,
                         log_every=50, checkpoint_every=1000),
@@ -146,6 +146,10 @@ def eval_config(p: dict, size: config_dict.FieldReference) -> ml_collections.Con
     ev.size = size
     ev.crop_fraction = p["eval_crop_fraction"]
     ev.multi_label = config_dict.placeholder(bool)  # unset: the manifest's task
+    # BatchNorm statistics of every evaluated frozen encoder, pre-trained and random alike:
+    # "recompute" re-estimates them on clean train images (ssl4eo_jax/evaluators/features.py);
+    # "running" keeps the stored ones (a random init's are mean 0, variance 1).
+    ev.bn = "recompute"
     ev.knn = ml_collections.ConfigDict({"k": 20, "temperature": 0.07})
     ev.linear = ml_collections.ConfigDict(
         {"epochs": 100, "batch": 256, "lr": 1e-3, "weight_decays": (0.0, 1e-4, 1e-3, 1e-2)}
@@ -205,13 +209,21 @@ def scaled_lr(config: ml_collections.ConfigDict, base: str) -> config_dict.Field
     return config.optim.get_ref(base) * config.data.get_ref("global_batch") / REFERENCE_BATCH
 
 
-def warmup_epochs(arg: str | None) -> float:
-    return float(preset(arg)[1]["warmup_epochs"])
-
-
 def is_demo(arg: str | None) -> bool:
     """Whether the preset is the embedded demo data (or a demo stand-in: ``demo_*``)."""
     return preset(arg)[0].startswith("demo")
+
+
+def short_run(arg: str | None, reference: Any) -> Any:
+    """``reference`` on the real-dataset presets; on the demo presets an unset value of the same type
+    that ``ssl4eo_jax.short_run`` derives from the run's size when training starts."""
+    return config_dict.placeholder(type(reference)) if is_demo(arg) else reference
+
+
+def warmup_epochs(arg: str | None) -> Any:
+    """The preset's warm-up (none in the review's reference scripts); the demo presets derive it
+    (10 % of the run for every method: ``ssl4eo_jax.short_run`` rule 1)."""
+    return short_run(arg, float(preset(arg)[1]["warmup_epochs"] or 0.0))
 
 
 def add_monitor(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -245,7 +257,8 @@ def optimizer(config: ml_collections.ConfigDict, name: str, base_lr: float, weig
     gradient clipping unless ``settings`` say otherwise (see ``ssl4eo_jax.optim``)."""
     optim = ml_collections.ConfigDict({
         "name": name, "base_lr": base_lr, "momentum": 0.9, "weight_decay": weight_decay, "schedule": "cosine",
-        "warmup_epochs": 0.0, "per_epoch": False, "end_lr_fraction": 0.0, "clip_grad": 0.0,
+        "warmup_epochs": settings.pop("warmup_epochs", 0.0), "per_epoch": False, "end_lr_fraction": 0.0,
+        "clip_grad": 0.0,
     })
     if name == "lars":
         optim.update({"eta": 0.001, "base_lr_biases": base_lr})
@@ -259,9 +272,10 @@ def optimizer(config: ml_collections.ConfigDict, name: str, base_lr: float, weig
     return config.optim
 
 
-def published_warmup(arg: str | None) -> float:
-    """The 10 warm-up epochs of the BYOL, SimCLR, VICReg and DINO recipes (the demo preset's 2)."""
-    return warmup_epochs(arg) if is_demo(arg) else 10.0
+def published_warmup(arg: str | None) -> Any:
+    """The 10 warm-up epochs of the BYOL, SimCLR, VICReg and DINO recipes (the demo presets: 10 % of
+    the run, as every method's)."""
+    return short_run(arg, 10.0)
 
 
 def asymmetric_views(config: ml_collections.ConfigDict, local_blur: float | None = None) -> None:

@@ -14,9 +14,12 @@ epochs; the ViT recipes use 0.04 -> 0.07 over 30), centre momentum 0.9, teacher 
 global size (96 for 224); views: blur always on global view 1, with p 0.1 on global view 2 and 0.5
 on local views, solarisation p 0.2 on global view 2 only, on top of the review's multispectral
 pipeline; SGD, lr 0.03 x B/256, momentum 0.9, weight decay 1e-4 (biases and norms excluded, as the
-official parameter groups), per-parameter gradient clipping at 3.0, 10 warm-up epochs then cosine to
-min lr 1e-6.
-Demo preset: out_dim 4096, 4 local crops, 2 warm-up epochs (a CPU-sized run).
+official parameter groups), per-parameter gradient clipping at 3.0, 10 warm-up epochs (0 to lr as the
+official ``np.linspace``: ``optim.warmup_linspace``) then cosine to min lr 1e-6.
+Demo presets (``demo*``): out_dim 4096 and 4 local crops (a CPU-sized run); by the rules of
+``ssl4eo_jax/short_run.py``, a warm-up over the first 10 % of the run as every method's demo, a base
+teacher momentum giving an EMA horizon of 5 % of the run (0.909 over 219 steps), never above 0.996,
+and the last layer frozen for the first 1 % of the run instead of one epoch.
 """
 
 import ml_collections
@@ -39,15 +42,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dino.bottleneck = 256
     config.dino.use_bn = False
     config.dino.norm_last_layer = True
-    config.dino.freeze_last_layer = 1.0  # epochs
+    config.dino.freeze_last_layer = common.short_run(arg, 1.0)  # epochs
     config.dino.student_temp = 0.1
     config.dino.teacher_temp = 0.04
     config.dino.warmup_teacher_temp = 0.04
     config.dino.warmup_teacher_temp_epochs = 0
     config.dino.center_momentum = 0.9
-    config.dino.momentum_teacher = 0.996
+    config.dino.momentum_teacher = common.short_run(arg, 0.996)
 
     optim = common.optimizer(config, "sgd", 0.03, 1e-4, weight_decay_1d=False, clip_grad=3.0,
-                             warmup_epochs=common.published_warmup(arg), min_lr=1e-6)
+                             warmup_epochs=common.published_warmup(arg), warmup_linspace=True, min_lr=1e-6)
     optim.end_lr_fraction = optim.get_ref("min_lr") / optim.get_ref("lr")
     return config

@@ -13,7 +13,12 @@ linearly with the batch here; the reference does not scale), momentum 0.9, weigh
 every parameter, cosine per epoch without warm-up (``--cos``); global batch 256 (64 per GPU x 4).
 The reference script trains 100 epochs; its main linear-probe results load the 200-epoch
 checkpoint (``--config.train.epochs=200``).
-Demo preset: K = 4096 (one epoch of the 4000 demo patches: 65536 keys would be 16 epochs stale).
+Demo presets (``demo*``: runs of a few hundred steps) derive four settings from the run's size by
+the rules of ``ssl4eo_jax/short_run.py``, logged at start-up: the queue holds at most 20 % of the
+train split as a multiple of the global batch (768 keys for the demo's 4,000 patches at batch
+256); the key momentum gives an EMA horizon 1/(1-m) of 5 % of the run (0.909 over the demo's 219
+steps), never above 0.999; shuffle-BN groups are a quarter of a batch under 256 (the reference's 4
+GPUs), else 64; a linear warm-up over the first 10 % of the run, as every method's demo.
 """
 
 import ml_collections
@@ -27,11 +32,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.mocov2 = ml_collections.ConfigDict()
     config.mocov2.projector = (512, 128)  # hidden = the encoder's feature size in the reference
-    config.mocov2.queue_size = 4096 if common.is_demo(arg) else 65536
-    config.mocov2.momentum = 0.999
+    config.mocov2.queue_size = common.short_run(arg, 65536)
+    config.mocov2.momentum = common.short_run(arg, 0.999)
     config.mocov2.momentum_schedule = "constant"  # or "cosine" (to 1 over the run, MoCo v3 / BYOL)
     config.mocov2.temperature = 0.2
     config.mocov2.shuffle_bn = True
+    config.mocov2.bn_group_size = common.short_run(arg, 64)  # examples per BN group: the reference's per GPU
 
-    common.optimizer(config, "sgd", 0.05, 1e-4, per_epoch=True)
+    common.optimizer(config, "sgd", 0.05, 1e-4, per_epoch=True, warmup_epochs=common.warmup_epochs(arg))
     return config

@@ -14,7 +14,10 @@ weight decay 1e-4; step decay x0.1 at epochs 60 and 80 (no ``--cos`` for ResNet-
 The review found SimSiam collapsing after about 10 epochs on Sentinel-2 and probed the epoch-10
 checkpoint: the collapse monitor (``config.monitor``) watches for it; ``--config.eval.use_best=True``
 evaluates the checkpoint with the best online kNN score.
-Demo preset: milestones at 60% and 80% of its epochs.
+Demo presets (``demo*``): the official SimSiam recipe (facebookresearch/simsiam ``main_simsiam.py``)
+instead of the review's ResNet-18 step schedule: cosine decay and ``fix_pred_lr`` (the predictor
+keeps the base lr), which the SimSiam paper found to help; a linear warm-up over the first 10 % of
+the run, as every method's demo (``ssl4eo_jax/short_run.py``).
 """
 
 import ml_collections
@@ -30,9 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.simsiam = ml_collections.ConfigDict()
     config.simsiam.projector = (512, 512, 2048)  # hidden = the encoder's feature size
     config.simsiam.predictor = (512, 2048)
-    config.simsiam.fix_pred_lr = False
+    demo = common.is_demo(arg)
+    config.simsiam.fix_pred_lr = demo
 
-    epochs = config.train.epochs
-    milestones = (60.0, 80.0) if not common.is_demo(arg) else (0.6 * epochs, 0.8 * epochs)
-    common.optimizer(config, "sgd", 0.05, 1e-4, schedule="step", milestones=milestones, gamma=0.1)
+    schedule = {"schedule": "cosine"} if demo else {"schedule": "step", "milestones": (60.0, 80.0), "gamma": 0.1}
+    common.optimizer(config, "sgd", 0.05, 1e-4, warmup_epochs=common.warmup_epochs(arg), **schedule)
     return config

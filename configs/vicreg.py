@@ -12,7 +12,8 @@ adaptation, 10 warm-up epochs then cosine to 0.001 x lr; the BYOL-style asymmetr
 Changed for ResNet-18: expander 2048-2048-2048 instead of 8192-8192-8192 (published for ResNet-50's
 2048 features; 2048 is 4x ResNet-18's 512 as 8192 is 4x 2048, and the size of the review's ResNet-18
 Barlow Twins projector).
-Demo preset: 2 warm-up epochs.
+Demo presets (``demo*``): a warm-up over the first 10 % of the run, as every method's demo
+(``ssl4eo_jax/short_run.py``).
 """
 
 import ml_collections

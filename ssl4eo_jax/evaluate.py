@@ -25,7 +25,8 @@ from ssl4eo_jax.data.datasets import load_dataset_manifest
 from ssl4eo_jax.data.manifest import DatasetError, Manifest
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import ConfigError
-from ssl4eo_jax.evaluators import frozen_encoder, knn_eval, linear_eval, split_features, split_metrics
+from ssl4eo_jax.evaluators import (frozen_encoder, knn_eval, linear_eval, recompute_bn, split_features,
+                                   split_metrics)
 from ssl4eo_jax.evaluators.finetune import Task, train_classifier
 from ssl4eo_jax.evaluators.fractions import fraction_source
 from ssl4eo_jax.evaluators.linear import head_scores
@@ -138,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) 
     # Protocol.
     summary: dict[str, Any] = {}
     if protocol in ("knn", "linear"):
-        feats = split_features(frozen, enc.variables, sources, name, recompute_bn=enc.random, progress=progress)
+        feats = split_features(frozen, enc.variables, sources, name, recompute_bn=recompute_bn(ev), progress=progress)
         evaluate = knn_eval if protocol == "knn" else linear_eval
         metrics = evaluate(feats, multi_label, k, ev.knn if protocol == "knn" else ev.linear, per_batch)
         summary["feature_dim"] = int(feats["train"].x.shape[1])

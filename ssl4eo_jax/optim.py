@@ -4,7 +4,10 @@
   the layer-wise trust ratio ``eta * ||w|| / ||g||``, then heavy-ball momentum, then the learning
   rate. Biases and normalisation parameters (every 1-D parameter, as the reference's
   ``exclude_bias_and_norm``) get neither weight decay nor the trust ratio, and their own learning
-  rate (``lr_biases``).
+  rate (``lr_biases``). ``lr_in_momentum=True`` is SimCLR's TF ``LARSOptimizer``
+  (``classic_momentum``): the learning rate scales each step's update *before* it enters the
+  momentum (``v = m v + lr * trust * g; w -= v``), so a change of lr (warm-up, decay) only acts on
+  new gradients; the Barlow Twins LARS scales the whole momentum by the current lr.
 * ``sgd``: SGD with momentum and coupled weight decay (PyTorch's ``SGD(weight_decay=...)``), on every
   parameter unless ``weight_decay_1d=False`` (DINO's groups: biases and norms without decay).
 * ``adamw``: AdamW with decoupled weight decay, 1-D parameters excluded from decay.
@@ -18,9 +21,11 @@ DINO's last layer). Frozen means what the reference's ``p.grad = None`` means: n
 weight decay, no momentum or Adam-moment change; the group's schedule then continues at the global
 step.
 
-Schedules: linear warm-up, then ``cosine`` decay to ``end_lr_fraction`` x lr, or ``step`` decay by
-``gamma`` at ``milestones`` (epochs), or ``constant``. ``per_epoch=True`` evaluates the schedule at the
-start of each epoch, as the reference scripts do; otherwise it is smooth per step.
+Schedules: linear warm-up from 0 (``lr * step / warmup_steps``; with ``warmup_linspace``, DINO's
+``lr * step / (warmup_steps - 1)``), then ``cosine`` decay to
+``end_lr_fraction`` x lr, or ``step`` decay by ``gamma`` at ``milestones`` (epochs), or ``constant``.
+``per_epoch=True`` evaluates the decay at the start of each epoch, as the reference scripts do
+(the warm-up stays per step); otherwise it is smooth per step.
 """
 
 from __future__ import annotations
@@ -46,12 +51,14 @@ def make_schedule(cfg: Any, base_lr: float, steps_per_epoch: float, total_steps:
     end = float(cfg.get("end_lr_fraction", 0.0))
     milestones = [int(m * steps_per_epoch) for m in cfg.get("milestones", ())]
     gamma = float(cfg.get("gamma", 0.1))
+    # DINO's utils.cosine_scheduler warms up as np.linspace(0, lr, warmup_steps): lr at the last step
+    warmup_span = max(warmup - 1, 1) if cfg.get("warmup_linspace", False) else warmup
     if kind not in ("cosine", "step", "constant"):
         raise ConfigError(f"Unknown schedule {kind!r} in config.optim.schedule; use cosine, step or constant.")
 
     def schedule(step: jnp.ndarray) -> jnp.ndarray:
-        step = jnp.asarray(step, jnp.float32)
-        if per_epoch:
+        step = raw = jnp.asarray(step, jnp.float32)
+        if per_epoch:  # the decay steps per epoch; the warm-up is always per step (SwAV's official)
             step = jnp.floor(step / steps_per_epoch) * steps_per_epoch
         if kind == "cosine":
             progress = jnp.clip((step - warmup) / max(1, total_steps - warmup), 0.0, 1.0)
@@ -61,8 +68,8 @@ def make_schedule(cfg: Any, base_lr: float, steps_per_epoch: float, total_steps:
             lr = base_lr * gamma**decays
         else:
             lr = base_lr * jnp.ones(())
-        if warmup > 0:
-            lr = jnp.where(step < warmup, base_lr * (step + 1) / warmup, lr)
+        if warmup > 0:  # from 0 at step 0, as the official Barlow Twins, VICReg, BYOL and SimCLR code
+            lr = jnp.where(raw < warmup, base_lr * raw / warmup_span, lr)
         return lr
 
     return schedule
@@ -78,17 +85,20 @@ def _group_labels(params: Any) -> Any:
 
 
 def lars(
-    lr_weights: Schedule, lr_biases: Schedule, weight_decay: float, momentum: float = 0.9, eta: float = 0.001
+    lr_weights: Schedule, lr_biases: Schedule, weight_decay: float, momentum: float = 0.9, eta: float = 0.001,
+    lr_in_momentum: bool = False,
 ) -> optax.GradientTransformation:
-    """The reference LARS (Barlow Twins official code) as an optax transformation."""
+    """The reference LARS (Barlow Twins official code) as an optax transformation; with
+    ``lr_in_momentum``, SimCLR's (the lr applied before the momentum, see the module docstring)."""
+    trace = optax.trace(decay=momentum, nesterov=False)
+    scale = optax.multi_transform(
+        {"weights": optax.scale_by_learning_rate(lr_weights), "biases": optax.scale_by_learning_rate(lr_biases)},
+        _group_labels,
+    )
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask=is_matrix),
         optax.masked(optax.scale_by_trust_ratio(trust_coefficient=eta), is_matrix),
-        optax.trace(decay=momentum, nesterov=False),
-        optax.multi_transform(
-            {"weights": optax.scale_by_learning_rate(lr_weights), "biases": optax.scale_by_learning_rate(lr_biases)},
-            _group_labels,
-        ),
+        *((scale, trace) if lr_in_momentum else (trace, scale)),
     )
 
 
@@ -142,7 +152,7 @@ def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
 def _base_optimizer(cfg: Any, lr: Schedule, lr_biases: Schedule) -> optax.GradientTransformation:
     name = cfg.name
     if name == "lars":
-        return lars(lr, lr_biases, cfg.weight_decay, cfg.momentum, cfg.eta)
+        return lars(lr, lr_biases, cfg.weight_decay, cfg.momentum, cfg.eta, bool(cfg.get("lr_in_momentum", False)))
     if name == "sgd":
         mask = None if cfg.get("weight_decay_1d", True) else is_matrix
         return optax.chain(

@@ -18,13 +18,13 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from ssl4eo_jax import augment, sharding
+from ssl4eo_jax import augment, sharding, short_run
 from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data import pipeline
 from ssl4eo_jax.data.datasets import load_dataset_manifest
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.source import SplitSource
-from ssl4eo_jax.evaluators import evaluate_frozen, frozen_encoder
+from ssl4eo_jax.evaluators import BN_MODES, evaluate_frozen, frozen_encoder, recompute_bn
 from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.methods.base import Method, encoder_variables
 from ssl4eo_jax.monitor import TrainingMonitor
@@ -59,28 +59,36 @@ def init_state(method: Method, tx: optax.GradientTransformation, config: Any, nu
     return jax.jit(init, out_shardings=sharding.replicated(mesh))()
 
 
+def update_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable, state: State,
+                views: list[jax.Array]) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer step of ``method`` on given views (no augmentation): loss and gradients of
+    the global batch, the optimizer's update, then the method's ``after_update``. The
+    step-equivalence tests run exactly this against the official PyTorch logic."""
+    step = state["step"]
+
+    def loss_fn(params: Any) -> tuple[jax.Array, Any]:
+        return method.loss(params, state["batch_stats"], state["extra"], views, step)
+
+    (loss, (batch_stats, extra, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    params, extra = method.after_update(params, extra, step)
+    new_state = {"step": step + 1, "params": params, "batch_stats": batch_stats, "opt": opt, "extra": extra}
+    return new_state, {"loss": loss, "lr": lr_fn(step), **aux}
+
+
 def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable, config: Any,
                     mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh) -> Callable:
-    """The jitted step: augment on device, loss and gradients of the global batch, update."""
+    """The jitted step: augment on device, then ``update_step`` on the views."""
     aug_key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_KEY)
     mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
     specs = augment.view_specs(config.aug)
 
     def train_step(state: State, batch: dict[str, jax.Array]) -> tuple[State, dict[str, jax.Array]]:
-        step = state["step"]
         images = augment.normalize(batch["image"], mean_j, std_j)
-        views = augment.make_views(jax.random.fold_in(aug_key, step), images, batch["index"], config.aug, mean_j,
-                                   std_j, specs)
-
-        def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-            return method.loss(params, state["batch_stats"], state["extra"], views, step)
-
-        (loss, (batch_stats, extra, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        params, extra = method.after_update(params, extra, step)
-        new_state = {"step": step + 1, "params": params, "batch_stats": batch_stats, "opt": opt, "extra": extra}
-        return new_state, {"loss": loss, "lr": lr_fn(step), **aux}
+        views = augment.make_views(jax.random.fold_in(aug_key, state["step"]), images, batch["index"], config.aug,
+                                   mean_j, std_j, specs)
+        return update_step(method, tx, lr_fn, state, views)
 
     state_sharding = sharding.replicated(mesh)
     return jax.jit(
@@ -102,9 +110,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     began = time.time()
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    config_dict = config.to_dict()
-    if is_main:
-        write_json(os.path.join(workdir, "config.json"), config_dict)
 
     # Mesh.
     mesh = sharding.make_mesh()
@@ -128,6 +133,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("Pre-training %s for %d steps (%.1f epochs of %.1f steps) at global batch %d", config.method,
                  n_steps, n_steps / spe, spe, global_batch)
     mean, std = manifest.band_stats()
+    derived = short_run.resolve(config, short_run.RunSize(len(sources["train"]), global_batch, n_steps))
+    for line in derived:
+        logging.info("Short-run rule: %s", line)
+    config_dict = config.to_dict()
+    if is_main:
+        write_json(os.path.join(workdir, "config.json"), config_dict)
 
     # Model, optimizer, state, step.
     length = TrainLength(spe, n_steps)
@@ -222,17 +233,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "devices": jax.device_count(), "platform": jax.devices()[0].platform, "processes": jax.process_count(),
         "global_batch": global_batch, "steps": n_steps, "epochs": n_steps / spe, "resumed_from": start,
         "final_metrics": last, "compile_seconds": compile_seconds, "train_images_per_sec": ips_mean,
-        "stopped_on_collapse": monitor.stop, **monitor.summary(),
+        "stopped_on_collapse": monitor.stop, "short_run_rules": derived, **monitor.summary(),
     }
     if config.eval.enabled:
         init_vars, _ = jax.jit(lambda: init_variables(method, config, manifest.num_bands))()
         best = monitor.best_state(state) if config.eval.get("use_best", False) else None
         trained_vars = best[0] if best else state
         results["evaluated_checkpoint"] = {"which": "best" if best else "last", "step": best[1] if best else n_steps}
+        # One protocol for both encoders: the same BN treatment (config.eval.bn), said in results.json.
+        recompute = recompute_bn(config.eval)
+        results["eval_bn"] = BN_MODES[config.eval.get("bn", "recompute")]
         results["pretrained"] = evaluate_frozen(frozen, encoder_variables(trained_vars), sources, config.eval,
-                                                "pre-trained")
+                                                "pre-trained", recompute_bn=recompute)
         results["random_init"] = evaluate_frozen(frozen, encoder_variables(init_vars), sources, config.eval,
-                                                 "random-init", recompute_bn=True)
+                                                 "random-init", recompute_bn=recompute)
     monitor.close()
     results["wall_seconds"] = time.time() - began
     if is_main:

@@ -29,9 +29,10 @@ from ssl4eo_jax.methods import METHODS, TrainLength, get_method
 from ssl4eo_jax.methods.base import effective_rank, embedding_metrics, group_labels
 from ssl4eo_jax.methods.dino import teacher_temperature
 from ssl4eo_jax.methods.mocov2 import enqueue
-from ssl4eo_jax.methods.nets import forward_joint, forward_per_device
+from ssl4eo_jax.methods.nets import forward_grouped, forward_joint
 from ssl4eo_jax.methods.swav import normalize_prototypes, push_queue
 from ssl4eo_jax.methods.targets import cosine_momentum, ema, momentum_at
+from ssl4eo_jax.models.batchnorm import BatchNorm
 from ssl4eo_jax.models.resnet import BN_EPSILON
 from ssl4eo_jax.optim import ParamGroup, ParamGroups, make_optimizer
 
@@ -45,7 +46,7 @@ SMALL = {
     "simsiam": {"simsiam.projector": (64, 64, 64), "simsiam.predictor": (16, 64)},
     "swav": {"swav.hidden_mlp": 64, "swav.feat_dim": 32, "swav.prototypes": 16, "swav.queue_length": 0,
              "swav.freeze_prototypes_niters": 3},
-    "byol": {"byol.projector": (64, 32), "byol.predictor": (64, 32)},
+    "byol": {"byol.projector": (64, 32), "byol.predictor": (64, 32), "byol.momentum": 0.996},
     "simclr": {"simclr.projector": (64, 32)},
     "vicreg": {"vicreg.projector": (64, 64, 64)},
     "dino": {"dino.out_dim": 64, "dino.hidden": (64, 64), "dino.bottleneck": 32, "aug.local_views": 2,
@@ -148,10 +149,13 @@ def test_registry_names_match_the_configs():
 # ----------------------------------------------------------------------------- 1 vs 8 devices
 
 
-@pytest.mark.parametrize("name,overrides", [("mocov2", {"mocov2.shuffle_bn": False}), ("byol", {})])
+@pytest.mark.parametrize("name,overrides", [("mocov2", {}), ("mocov2", {"mocov2.shuffle_bn": False}), ("byol", {})])
 def test_one_and_eight_devices_give_the_same_losses(demo_dir, name, overrides):
-    runs = [_trainer(name, demo_dir, n, 3, **overrides).run(3)[0] for n in (1, 8)]
-    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-4)
+    """Shuffle-BN included: its BN groups are virtual, not devices (the CLI-level test of every
+    method is tests/test_device_invariance.py)."""
+    runs = [_trainer(name, demo_dir, n, 3, **overrides).run(2)[0] for n in (1, 8)]
+    # Steps 1 and 2; later steps drift with float32 rounding, which training amplifies (issue 12).
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- MoCo
@@ -188,36 +192,40 @@ def test_moco_queue_holds_the_keys_of_the_whole_global_batch(demo_dir):
 
 def test_moco_queue_must_be_a_multiple_of_the_global_batch(demo_dir):
     with pytest.raises(ConfigError, match="queue_size=48 must be a positive multiple of the global batch"):
-        get_method(method_config("mocov2", demo_dir, **{"mocov2.queue_size": 48}))
+        get_method(method_config("mocov2", demo_dir, **{"mocov2.queue_size": 48}), TrainLength(3.0, STEPS))
 
 
 class _BN(nn.Module):
     @nn.compact
     def __call__(self, x, train=True):
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON)(x)
+        return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON)(x)
 
 
-def test_per_device_batchnorm_uses_each_device_statistics():
-    x = jax.random.normal(jax.random.key(0), (32, 3)) * jnp.arange(1.0, 33.0)[:, None]  # device-dependent scale
+def test_grouped_batchnorm_uses_each_group_statistics_on_any_device_count():
+    x = jax.random.normal(jax.random.key(0), (32, 3)) * jnp.arange(1.0, 33.0)[:, None]  # group-dependent scale
     net = _BN()
     variables = net.init(jax.random.key(1), x)
 
-    def per_device(n):
-        mesh = sharding.make_mesh(jax.devices()[:n])
+    def grouped(n_devices, group_size):
+        mesh = sharding.make_mesh(jax.devices()[:n_devices])
         xs = jax.device_put(x, NamedSharding(mesh, P(sharding.DATA_AXIS)))
-        return jax.jit(lambda v, a: forward_per_device(net, v["params"], v["batch_stats"], a, mesh))(variables, xs)
+        return jax.jit(lambda v, a: forward_grouped(net, v["params"], v["batch_stats"], a, group_size))(variables, xs)
 
     def standardise(a):
         return (a - a.mean(0)) / np.sqrt(a.var(0) + BN_EPSILON)
 
-    out8, stats8 = per_device(8)
-    expected = np.concatenate([standardise(np.asarray(c)) for c in np.split(np.asarray(x), 8)])
-    np.testing.assert_allclose(out8, expected, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(out8, standardise(np.asarray(x)), atol=1e-2)  # differs from global BN
-    # Running mean: the mean over devices of their means = the global mean.
-    np.testing.assert_allclose(stats8["BatchNorm_0"]["mean"], 0.1 * np.asarray(x).mean(0), rtol=1e-4, atol=1e-6)
-    out1, _ = per_device(1)
-    np.testing.assert_allclose(out1, standardise(np.asarray(x)), rtol=1e-4, atol=1e-5)  # one device: plain BN
+    chunks = np.split(np.asarray(x), 4)
+    expected = np.concatenate([standardise(c) for c in chunks])
+    for n_devices in (1, 2, 8):  # 4 groups of 8 whatever the devices
+        out, stats = grouped(n_devices, 8)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+        # Running statistics: the mean over groups of each group's PyTorch update (unbiased variance).
+        np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], 0.1 * np.asarray(x).mean(0), rtol=1e-4, atol=1e-6)
+        var = np.mean([0.9 + 0.1 * c.var(0, ddof=1) for c in chunks], axis=0)
+        np.testing.assert_allclose(stats["BatchNorm_0"]["var"], var, rtol=1e-4)
+    assert not np.allclose(expected, standardise(np.asarray(x)), atol=1e-2)  # differs from global BN
+    out, _ = grouped(8, 32)
+    np.testing.assert_allclose(out, standardise(np.asarray(x)), rtol=1e-4, atol=1e-5)  # one group: plain BN
 
 
 # ----------------------------------------------------------------------------- EMA targets
@@ -289,7 +297,7 @@ def test_swav_queue_starts_on_time_and_is_used_only_when_full(demo_dir):
     assert int(new["queue_filled"]) == 0 and float(m["queue_used"]) == 0.0
     loss, (_, new, m) = run(BATCH, 1)  # half full: not used, the batch goes in front
     np.testing.assert_allclose(loss, losses.swav(scores, *args), rtol=1e-5)
-    np.testing.assert_allclose(new["queue"][:, :BATCH], np.stack([zs[0], zs[1]]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new["queue"][:, :BATCH], np.stack([zs[0], zs[1]]), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(new["queue"][:, BATCH:], queue[:, :BATCH])
     assert int(new["queue_filled"]) == 2 * BATCH and float(m["queue_used"]) == 0.0
     loss, (_, new, m) = run(2 * BATCH, 2)  # full: its scores join the codes' Sinkhorn

@@ -53,8 +53,9 @@ def _cfg(**kw):
 
 def test_cosine_schedule_with_warmup():
     sched = optim.make_schedule(_cfg(warmup_epochs=2), 0.4, steps_per_epoch=10, total_steps=100)
-    assert float(sched(0)) == pytest.approx(0.4 / 20)
-    assert float(sched(19)) == pytest.approx(0.4)
+    assert float(sched(0)) == 0.0  # the official warm-up (Barlow Twins, VICReg, BYOL): lr * step / warmup
+    assert float(sched(10)) == pytest.approx(0.2)
+    assert float(sched(19)) == pytest.approx(0.4 * 19 / 20)
     assert float(sched(20)) == pytest.approx(0.4)
     assert float(sched(60)) == pytest.approx(0.2, rel=1e-5)  # halfway through the cosine
     assert float(sched(100)) == pytest.approx(0.0, abs=1e-7)
@@ -73,3 +74,14 @@ def test_unknown_optimizer_and_schedule_are_named():
         optim.make_optimizer(_cfg(name="adamx"), 10, 100)
     with pytest.raises(ValueError, match="linear"):
         optim.make_schedule(_cfg(schedule="linear"), 1.0, 10, 100)
+
+
+def test_per_epoch_decay_keeps_a_per_step_warmup():
+    """The demo presets warm MoCo and SwAV (per-epoch cosine) up: the ramp is per step, as SwAV's
+    official per-iteration warm-up, and the cosine then steps once per epoch."""
+    sched = optim.make_schedule(_cfg(warmup_epochs=1.5, per_epoch=True), 0.4, steps_per_epoch=10, total_steps=100)
+    assert float(sched(0)) == 0.0
+    assert float(sched(5)) == pytest.approx(0.4 * 5 / 15)  # within the first epoch: still ramping
+    assert float(sched(14)) == pytest.approx(0.4 * 14 / 15)
+    assert float(sched(15)) == float(sched(19)) == pytest.approx(0.4)  # epoch 1 starts before the warm-up's end
+    assert float(sched(20)) == float(sched(29)) < 0.4  # one value per epoch after it

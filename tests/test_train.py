@@ -64,6 +64,16 @@ def test_whole_job_writes_results_and_resumes(demo_dir, tmp_path, capsys):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) and r["images_per_sec"] > 0 for r in records[1:])
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    # One BN protocol for both encoders, said in results.json.
+    assert saved["eval_bn"].startswith("re-estimated on clean train images")
+
+    # Determinism: the same job again gives identical losses and evaluation metrics.
+    again = train.run(tiny_config(demo_dir), str(tmp_path / "again"))
+    assert [r["loss"] for r in read_metrics(os.path.join(tmp_path, "again", "metrics.jsonl"))] == \
+        [r["loss"] for r in records]
+    for which in ("pretrained", "random_init"):
+        for protocol in ("knn", "linear"):
+            assert again[which][protocol]["test"] == results[which][protocol]["test"]
 
     # Training longer with the same workdir resumes from the last checkpoint.
     longer = tiny_config(demo_dir, **{"train.steps": 6, "eval.enabled": False})

@@ -4,7 +4,7 @@ Used by the interop tests and by the PyTorch reference step of ``python -m ssl4e
 (torch is optional: ``pip install -e '.[bench]'``). torchvision from the registry does not import
 beside the local torch build on our machines, hence this copy: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv1/bn1/conv2/bn2[/conv3/bn3]``,
 ``downsample.0/1``, ``fc``, as ``torchvision.models.resnet`` (and timm's ``resnet18``/``resnet50``)
-name them. ``stem="small"`` is the So2Sat reference's ``Conv2d(bands, 64, 3, 1, 1)`` (with a bias).
+name them; ``width`` scales the channels (64 in torchvision). ``stem="small"`` is the So2Sat reference's ``Conv2d(bands, 64, 3, 1, 1)`` (with a bias).
 """
 
 from __future__ import annotations
@@ -67,23 +67,23 @@ ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4,
 
 
 class ResNet(nn.Module):
-    def __init__(self, name: str, in_chans: int, num_classes: int = 1000, stem: str = "imagenet"):
+    def __init__(self, name: str, in_chans: int, num_classes: int = 1000, stem: str = "imagenet", width: int = 64):
         super().__init__()
         block, layers = ARCHS[name]
-        self.inplanes = 64
+        self.inplanes = width
         if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1)
-        self.bn1 = nn.BatchNorm2d(64)
+            self.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
 
     def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None

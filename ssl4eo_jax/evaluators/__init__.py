@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.evaluators.features import Features, FrozenEncoder, eval_preprocess
 from ssl4eo_jax.evaluators.knn import knn_scores
 from ssl4eo_jax.evaluators.linear import train_linear_probe
@@ -17,7 +18,19 @@ from ssl4eo_jax.evaluators.metrics import classification_metrics, per_batch_metr
 from ssl4eo_jax.models.resnet import ResNet
 
 __all__ = ["FrozenEncoder", "evaluate_frozen", "eval_preprocess", "frozen_encoder", "knn_eval", "linear_eval",
-           "split_features", "split_metrics"]
+           "recompute_bn", "split_features", "split_metrics"]
+
+BN_MODES = {"recompute": "re-estimated on clean train images (up to 20 eval batches)",
+            "running": "the stored running statistics"}
+
+
+def recompute_bn(eval_cfg: Any) -> bool:
+    """Whether ``config.eval.bn`` asks for BN statistics re-estimated on clean train images; the
+    same for every encoder of a comparison (pre-trained and random init)."""
+    mode = eval_cfg.get("bn", "recompute")
+    if mode not in BN_MODES:
+        raise ConfigError(f"config.eval.bn={mode!r}: use 'recompute' or 'running'.")
+    return mode == "recompute"
 
 
 def _targets(features: Features, multi_label: bool, num_classes: int) -> np.ndarray:

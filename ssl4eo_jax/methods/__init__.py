@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import jax
 
+from ssl4eo_jax import short_run
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods.barlow import BarlowTwins
 from ssl4eo_jax.methods.base import Method, TrainLength
@@ -34,8 +35,9 @@ __all__ = ["METHODS", "Method", "TrainLength", "get_method"]
 
 def get_method(config: Any, length: TrainLength | None = None, mesh: jax.sharding.Mesh | None = None) -> Method:
     """The method of ``config.method``. ``length`` (steps per epoch, total steps) is needed by
-    methods with schedules over the run; ``mesh`` by per-device BatchNorm (MoCo's shuffle-BN;
-    default: every device)."""
+    methods with schedules over the run and to derive the short-run settings that a demo preset
+    leaves unset (``ssl4eo_jax.short_run``, filled into ``config`` in place); ``mesh`` is unused by
+    the current methods (none depends on the device count)."""
     name = config.method
     if name not in METHODS:
         raise ConfigError(
@@ -43,4 +45,12 @@ def get_method(config: Any, length: TrainLength | None = None, mesh: jax.shardin
         )
     if name not in config:
         raise ConfigError(f"config.method is {name!r} but the config has no {name!r} section with its settings.")
+    if length is not None:  # the short-run rules (demo presets); a no-op once train.run has applied them
+        batch = int(config.data.global_batch)
+        short_run.resolve(config, short_run.RunSize(int(round(length.steps_per_epoch * batch)), batch,
+                                                    length.total_steps))
+    missing = short_run.unresolved(config)
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} are derived from the run's size (ssl4eo_jax/short_run.py): "
+                          "build the method with get_method(config, length=TrainLength(...)) or set them.")
     return METHODS[name](config, length=length, mesh=mesh)

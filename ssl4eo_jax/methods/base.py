@@ -13,7 +13,8 @@ One step of the loop, in order::
     params, extra = method.after_update(params, extra, step)   # EMA targets, prototype norms
 
 Methods that need the length of training (momentum and temperature schedules, epoch-based
-starts) get a ``TrainLength``; those that need the device mesh (MoCo's shuffle-BN) get the mesh.
+starts) get a ``TrainLength``. No method may depend on the number of devices: BatchNorm groups are
+global or virtual (``nets.forward_grouped``), never per device.
 """
 
 from __future__ import annotations

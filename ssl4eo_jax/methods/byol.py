@@ -1,6 +1,6 @@
 """BYOL (Grill et al., NeurIPS 2020), as deepmind-research/byol (``byol_experiment.py``).
 
-* Online network: encoder, projector (Linear 4096 with bias, BN, ReLU, Linear 256 with bias) and
+* Online network: encoder, projector (Linear 4096 with bias, BN, ReLU, Linear 256 without bias) and
   predictor of the same shape (published sizes; kept for ResNet-18, whose head is then still far
   cheaper than its encoder). Target network: encoder and projector, an EMA of the online ones.
 * Each view goes through each network on its own (BN per view, as the official two applies).
@@ -39,8 +39,9 @@ class BYOL(MethodBase):
         self.momentum_schedule = str(cfg.momentum_schedule)
         self.encoder = build_encoder(config.model)
         dtype = self.encoder.dtype
-        projector = MLP(tuple(cfg.projector), use_bias=True, hidden_norm=True, dtype=dtype)
-        predictor = MLP(tuple(cfg.predictor), use_bias=True, hidden_norm=True, dtype=dtype)
+        # utils/networks.py MLP: the hidden Linear has a bias, the output Linear none
+        projector = MLP(tuple(cfg.projector), use_bias=True, last_bias=False, hidden_norm=True, dtype=dtype)
+        predictor = MLP(tuple(cfg.predictor), use_bias=True, last_bias=False, hidden_norm=True, dtype=dtype)
         self.net = EncoderHeads(self.encoder, projector, predictor)
 
     def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:

@@ -9,13 +9,15 @@
   GPUs' keys first; under ``jit`` the keys are already the global batch), and the pointer moves on
   modulo K. K must be a multiple of the global batch (the reference asserts it). The queue starts
   as random unit vectors, as the reference's ``normalize(randn(dim, K))``.
-* Shuffle-BN (``shuffle_bn=True``, the reference's DDP setting): both networks use per-device BN
-  statistics (PyTorch DDP without SyncBN), and the key network sees the batch randomly permuted
-  across devices, so a query and its key never share BN statistics; the keys are then put back in
-  order. With one device this is plain BN. The loss then depends on the number of devices (BN
-  groups are ``global_batch / devices`` examples: 64 in the reference's 4-GPU runs).
-  ``shuffle_bn=False`` uses global BN statistics for both (MoCo v3's SyncBN; device-count
-  invariant).
+* Shuffle-BN (``shuffle_bn=True``, the reference's DDP setting on 4 GPUs of 64 examples): both
+  networks compute BN statistics over groups of ``bn_group_size`` consecutive examples (64: the
+  reference's per-GPU batch; PyTorch DDP without SyncBN), and the key network sees the global batch
+  randomly permuted first, so a query and its key (almost) never share BN statistics; the keys are
+  then put back in order. The groups are virtual (``nets.forward_grouped``): the loss is the same on
+  1, 2 or 8 devices and across processes. The permutation is a pure function of the seed and the
+  step (random stream ``mocov2/shuffle_bn``). BN running statistics are the mean over groups
+  (DDP broadcasts rank 0's). ``shuffle_bn=False`` uses global BN statistics for both (MoCo v3's
+  SyncBN).
 * The loss is asymmetric (view 1 queries, view 2 keys), as MoCo v2.
 """
 
@@ -26,10 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ssl4eo_jax import losses, sharding
+from ssl4eo_jax import losses, rng
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods.base import Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics
-from ssl4eo_jax.methods.nets import EncoderHeads, ViewOutput, apply_train, forward_per_device
+from ssl4eo_jax.methods.nets import EncoderHeads, ViewOutput, apply_train, forward_grouped
 from ssl4eo_jax.methods.targets import ema, momentum_at
 from ssl4eo_jax.models.heads import MLP
 
@@ -54,9 +56,15 @@ class MoCoV2(MethodBase):
         self.momentum_schedule = str(cfg.get("momentum_schedule", "constant"))
         self.total_steps = length.total_steps if length is not None else 1
         self.shuffle_bn = bool(cfg.shuffle_bn)
-        self.mesh = mesh if mesh is not None else sharding.make_mesh()
-        self.seed = int(config.seed)
+        self.group_size = int(cfg.get("bn_group_size", 64))
+        self.shuffle_key = rng.stream(int(config.seed), "mocov2/shuffle_bn")
         batch = int(config.data.global_batch)
+        if self.shuffle_bn and (self.group_size <= 0 or batch % self.group_size or batch // self.group_size < 2):
+            raise ConfigError(
+                f"config.mocov2.bn_group_size={self.group_size} must split the global batch ({batch}) into at least "
+                f"2 equal BatchNorm groups for shuffle-BN; e.g. --config.mocov2.bn_group_size={max(1, batch // 4)} "
+                "(or shuffle_bn=False)."
+            )
         if self.queue_size <= 0 or self.queue_size % batch:
             raise ConfigError(
                 f"config.mocov2.queue_size={self.queue_size} must be a positive multiple of the global batch "
@@ -79,15 +87,19 @@ class MoCoV2(MethodBase):
 
     def _forward(self, params: Any, batch_stats: Any, x: jnp.ndarray) -> tuple[ViewOutput, Any]:
         if self.shuffle_bn:
-            return forward_per_device(self.net, params, batch_stats, x, self.mesh)
+            return forward_grouped(self.net, params, batch_stats, x, self.group_size)
         return apply_train(self.net, params, batch_stats, x)
+
+    def shuffle_permutation(self, step: jnp.ndarray, batch: int) -> jnp.ndarray:
+        """The key batch's permutation at ``step`` (the reference's ``_batch_shuffle_ddp``)."""
+        return jax.random.permutation(jax.random.fold_in(self.shuffle_key, step), batch)
 
     def keys(self, key_params: Any, key_batch_stats: Any, images: jnp.ndarray, step: jnp.ndarray
              ) -> tuple[jnp.ndarray, Any]:
         """Normalised keys (stop-gradient) of ``images`` in their original order, and the key
-        network's new BN statistics; shuffled across devices first with shuffle-BN."""
+        network's new BN statistics; shuffled across BN groups first with shuffle-BN."""
         if self.shuffle_bn:
-            perm = jax.random.permutation(jax.random.fold_in(jax.random.key(self.seed), step), images.shape[0])
+            perm = self.shuffle_permutation(step, images.shape[0])
             images = images[perm]
         (_, k, _), key_batch_stats = self._forward(key_params, key_batch_stats, images)
         if self.shuffle_bn:

@@ -8,12 +8,12 @@ How BatchNorm sees the views is part of each method's recipe:
   view at once, so BN statistics cover all views (SwAV's and DINO's multi-crop forward, SimCLR's
   concatenated batch). Views are interleaved along the batch (``stack(..., 1).reshape``), never
   concatenated along the sharded batch axis; the heads act on a (B, V, D) array.
-* ``forward_per_device``: one view inside ``jax.shard_map`` over the ``data`` axis, so BN
-  statistics are those of each device's shard (PyTorch DDP without SyncBN: MoCo's shuffle-BN).
-  On one device this is plain BN over the batch.
+* ``forward_grouped``: BN statistics of each group of ``group_size`` consecutive examples, like
+  PyTorch DDP without SyncBN on ``global_batch / group_size`` GPUs (MoCo's shuffle-BN). The groups
+  are virtual: they do not depend on how many devices run the step.
 
-Under ``jit`` with a batch-sharded input, BN outside ``shard_map`` computes global (SyncBN)
-statistics, whatever the number of devices.
+Under ``jit`` with a batch-sharded input, BN computes global (SyncBN) statistics, whatever the
+number of devices: no method's result depends on the device count.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
-
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.models.resnet import ResNet
-from ssl4eo_jax.sharding import DATA_AXIS
 
 # (pooled encoder features, projector output, predictor output or None) of one view.
 ViewOutput = tuple[jnp.ndarray, Any, Any]
@@ -96,15 +94,16 @@ def forward_joint(net: nn.Module, params: Any, batch_stats: Any, views: Sequence
     return [(h[:, v], pick(z, v), pick(p, v)) for v in range(h.shape[1])], batch_stats
 
 
-def forward_per_device(net: nn.Module, params: Any, batch_stats: Any, x: jnp.ndarray, mesh: jax.sharding.Mesh,
-                       **kwargs: Any) -> tuple[ViewOutput, Any]:
-    """A training-mode pass with per-device BN statistics (``shard_map`` over ``data``); the new
-    running statistics are the mean over devices (DDP keeps rank 0's; the mean is that of the
-    global batch's means)."""
-
-    def local(params: Any, batch_stats: Any, x: jnp.ndarray) -> tuple[ViewOutput, Any]:
-        out, new_stats = apply_train(net, params, batch_stats, x, **kwargs)
-        return out, jax.lax.pmean(new_stats, DATA_AXIS)
-
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=(P(DATA_AXIS), P()))(
-        params, batch_stats, x)
+def forward_grouped(net: nn.Module, params: Any, batch_stats: Any, x: jnp.ndarray, group_size: int,
+                    **kwargs: Any) -> tuple[ViewOutput, Any]:
+    """A training-mode pass with BN statistics of each group of ``group_size`` consecutive examples
+    (``vmap`` over groups); the new running statistics are the mean over groups of each group's
+    update (DDP keeps rank 0's; the mean over groups has the global batch's mean)."""
+    batch = x.shape[0]
+    if batch % group_size:
+        raise ConfigError(f"The batch of {batch} does not split into BatchNorm groups of {group_size}; "
+                          f"use a global batch that is a multiple of {group_size}.")
+    groups = x.reshape((batch // group_size, group_size) + x.shape[1:])
+    out, stats = jax.vmap(lambda g: apply_train(net, params, batch_stats, g, **kwargs))(groups)
+    out = jax.tree.map(lambda t: t.reshape((batch,) + t.shape[2:]), out)
+    return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)

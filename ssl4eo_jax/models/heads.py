@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from ssl4eo_jax import losses
 
+from ssl4eo_jax.models.batchnorm import BatchNorm
 from ssl4eo_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
 
 # PyTorch nn.Linear's default init: kaiming_uniform(a=sqrt(5)) == uniform(+-1/sqrt(fan_in)).
@@ -37,8 +38,8 @@ class MLP(nn.Module):
     kernel_init: Callable[..., Any] = torch_linear_init
     dtype: Any = jnp.float32
 
-    def _bn(self, train: bool, scale: bool, name: str, shift: bool | None = None) -> nn.BatchNorm:
-        return nn.BatchNorm(
+    def _bn(self, train: bool, scale: bool, name: str, shift: bool | None = None) -> BatchNorm:
+        return BatchNorm(
             use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
             use_scale=scale, use_bias=scale if shift is None else shift, dtype=self.dtype, param_dtype=jnp.float32,
             name=name,

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.models.batchnorm import BatchNorm
 from ssl4eo_jax.models.conv import conv_general_dilated
 
 # torchvision: nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
@@ -29,9 +30,9 @@ BN_EPSILON = 1e-5
 STAGE_SIZES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3)}
 
 
-def _norm(train: bool, dtype: Any, name: str, zero_init: bool = False) -> nn.BatchNorm:
+def _norm(train: bool, dtype: Any, name: str, zero_init: bool = False) -> BatchNorm:
     """A torchvision-equivalent BatchNorm; statistics over the global batch under jit."""
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,

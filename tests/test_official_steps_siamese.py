@@ -1,0 +1,314 @@
+"""Step equivalence with the official code: Barlow Twins, SimSiam, BYOL, VICReg.
+
+Each test starts our method (``harness.run_jax``: ``ssl4eo_jax.train.update_step``) and a PyTorch
+re-implementation of the official training step (``tests/official/<method>.py``) from the same
+weights (our initial state), feeds both the same fixed views (no augmentation) for 3 optimizer
+steps, and compares after every step: the loss, the learning rate, every parameter of the encoder
+and heads, the BatchNorm running statistics, and the method's own state (BYOL's target network).
+
+Settings differ from the presets where that makes the comparison sharper, on both sides alike:
+tiny heads; the official schedules (warm-up + cosine, SimSiam's per-epoch cosine) compressed so
+that the lr changes within the 3 steps; learning rates and LARS ``eta`` raised so that 3 steps move
+every weight matrix by far more than the tolerance (``_assert_trained``); weight decays raised
+where the gradients would otherwise hide them (SimSiam, BYOL, VICReg; Barlow Twins' gradients dwarf
+any decay, so it keeps the preset's). With these, mutations of the official side (no weight decay,
+decay or trust ratio on biases, SimSiam's predictor lr, BYOL's tau one step late, a cosine over
+another length) fail the comparison by 2x to 1000x the tolerance, while ours and PyTorch's float32
+step agree to within a third of it (and ours and a float64 PyTorch step to within a tenth).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Mapping
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.official import barlow as official_barlow
+from tests.official import byol as official_byol
+from tests.official import simsiam as official_simsiam
+from tests.official import vicreg as official_vicreg
+from tests.official.harness import (BATCH, WIDTH, assert_close, encoder_state_dict, fixed_views, method_config,
+                                    run_jax, torch_encoder)
+
+N_STEPS = 3
+FEATURES = WIDTH * 8  # ResNet-18's pooled features
+RTOL = 1e-4
+# Absolute tolerances, for elements near 0 only (everything else meets RTOL):
+# * ATOL_SCALE x the largest magnitude of the element's tensor. Float32 round-off in a gradient
+#   element is relative to the terms of its sum, i.e. to the tensor's scale, not to the element:
+#   against a float64 run of the official Barlow Twins step, PyTorch's own float32 step is off by
+#   up to 3e-5 of a tensor's largest value (BN shifts, which start at 0, after one step), ours by
+#   1.3e-5. ~0 elements (BN shifts, running means, single kernel entries) cannot meet RTOL; 1e-4 of
+#   the tensor's scale is the same bound as RTOL, measured on the tensor.
+# * ATOL, for tensors that are 0 in exact arithmetic and float32 noise (1e-12..1e-8) here: the
+#   bias of a Linear followed by BN (its gradient is 0: VICReg's expander) and the running mean of
+#   a BN whose input is already batch-centred (SimSiam's predictor after the projector's last BN).
+#   1e-7 is 10x the largest such noise seen.
+ATOL_SCALE = 1e-4
+ATOL = 1e-7
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """PyTorch on one thread: these tiny steps gain nothing from more, and OpenMP threads that
+    spin beside XLA's on a small shared machine slow them down many times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """``{"linear0": {"kernel": x}}`` -> ``{"linear0/kernel": x}``."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value)
+    return out
+
+
+def _mlp_vars(seq: nn.Sequential) -> dict[str, torch.Tensor]:
+    """An official head's trainable parameters and BN statistics under our MLP's names: the i-th
+    Linear is ``linear{i}`` (kernel = weight^T), the BN after it ``bn{i}``. A frozen bias (SimSiam's
+    last Linear) is not a trainable parameter and is left out."""
+    out, i = {}, -1
+    for m in seq:
+        if isinstance(m, nn.Linear):
+            i += 1
+            out[f"linear{i}/kernel"] = m.weight.T
+            if m.bias is not None and m.bias.requires_grad:
+                out[f"linear{i}/bias"] = m.bias
+        elif isinstance(m, nn.BatchNorm1d):
+            if m.affine:
+                out[f"bn{i}/scale"], out[f"bn{i}/bias"] = m.weight, m.bias
+            out[f"bn{i}/mean"], out[f"bn{i}/var"] = m.running_mean, m.running_var
+    return out
+
+
+def _ours(variables: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
+    """Our head ``name``'s parameters and BN statistics, flat."""
+    return {**_flat(variables["params"][name]), **_flat(variables["batch_stats"].get(name, {}))}
+
+
+def _load_mlp(seq: nn.Sequential, variables: Mapping[str, Any], name: str) -> None:
+    """Our head's weights into the official head; the two must have the same variables."""
+    ours, theirs = _ours(variables, name), _mlp_vars(seq)
+    assert set(ours) == set(theirs), (name, sorted(set(ours) ^ set(theirs)))
+    with torch.no_grad():
+        for key, tensor in theirs.items():
+            tensor.copy_(torch.from_numpy(np.array(ours[key])))
+
+
+def _backbone(variables: Mapping[str, Any]) -> nn.Module:
+    return torch_encoder({"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]})
+
+
+def _assert_same(variables: Mapping[str, Any], backbone: nn.Module, heads: dict[str, nn.Sequential], what: str) -> None:
+    """Encoder (parameters, running mean and var) and heads of ``variables`` match the PyTorch side."""
+    def stats(state_dict: Mapping[str, Any]) -> dict[str, Any]:  # num_batches_tracked: unused by momentum BN
+        return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+    ours, theirs = stats(encoder_state_dict(variables)), stats(backbone.state_dict())
+    assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
+    _assert_close(ours, theirs, f"{what} encoder ")
+    for name, seq in heads.items():
+        ours, theirs = _ours(variables, name), _mlp_vars(seq)
+        assert set(ours) == set(theirs), (name, sorted(set(ours) ^ set(theirs)))
+        _assert_close(ours, theirs, f"{what} {name} ")
+
+
+def _assert_close(ours: dict[str, np.ndarray], theirs: dict[str, torch.Tensor], what: str) -> None:
+    """``harness.assert_close`` per tensor, with the absolute tolerance ATOL + ATOL_SCALE x its scale."""
+    for key, value in theirs.items():
+        scale = float(value.detach().abs().max()) if value.numel() else 0.0
+        assert_close({key: ours[key]}, {key: value}, rtol=RTOL, atol=ATOL + ATOL_SCALE * scale, what=what)
+
+
+def _assert_step(step: int, metrics: dict[str, float], loss: float, lr: float) -> None:
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=RTOL, err_msg=f"loss at step {step}")
+    np.testing.assert_allclose(metrics["lr"], lr, rtol=1e-5, atol=1e-9, err_msg=f"lr at step {step}")
+
+
+def _assert_trained(initial: Mapping[str, Any], final: Mapping[str, Any]) -> None:
+    """Every encoder and head weight matrix moved by > 50x the tolerance (by 1-2 % in these
+    settings): the comparison is not vacuous."""
+    before, after = _flat(initial["params"]), _flat(final["params"])
+    for key in before:
+        if before[key].ndim > 1:
+            change = np.linalg.norm(after[key] - before[key]) / np.linalg.norm(before[key])
+            assert change > 50 * RTOL, f"{key} moved by only {change:.2e}"
+
+
+def _views(n_steps: int = N_STEPS) -> tuple[list[list[np.ndarray]], list[list[torch.Tensor]]]:
+    views = fixed_views(n_steps)
+    return views, [[_nchw(v) for v in step] for step in views]
+
+
+# ----------------------------------------------------------------------------- Barlow Twins
+
+
+def test_barlow_twins_matches_official():
+    """facebookresearch/barlowtwins ``main.py``: ``BarlowTwins.forward`` (+ ``off_diagonal``),
+    ``LARS`` with ``exclude_bias_and_norm`` on the weights/biases groups of ``main_worker``, and
+    ``adjust_learning_rate`` (10 warm-up epochs, cosine to 0.001 x base)."""
+    # 0.1 steps per epoch: the official's 10 warm-up epochs are 1 step, the 60 epochs 6 steps, so
+    # the 3 steps are warm-up (lr 0), cosine start, and cosine decay. (Our preset follows the SSL4EO
+    # review's copy, without warm-up and with an end lr of 0; the schedule is the same function.)
+    steps_per_epoch, epochs = 0.1, 60
+    total = round(epochs * steps_per_epoch)
+    config = method_config("barlow", **{
+        "barlow.projector": (64, 64, 64), "optim.warmup_epochs": 10.0, "optim.end_lr_fraction": 0.001,
+        "optim.base_lr": 1.6, "optim.eta": 0.05})
+    views, tviews = _views()
+    initial, states, metrics = run_jax(config, views, steps_per_epoch, total)
+
+    # The official's lr is (global batch / 256) x learning_rate_{weights,biases}: our base_lr and
+    # base_lr_biases, which config.optim scales by global batch / 256 in the same way.
+    args = types.SimpleNamespace(epochs=epochs, batch_size=BATCH, learning_rate_weights=config.optim.base_lr,
+                                 learning_rate_biases=config.optim.base_lr_biases,
+                                 weight_decay=config.optim.weight_decay, lambd=config.barlow.lambd,
+                                 projector="64-64-64")
+    model = official_barlow.BarlowTwins(args, _backbone(initial), FEATURES)
+    _load_mlp(model.projector, initial, "projector")
+    optimizer = official_barlow.make_optimizer(args, model, eta=config.optim.eta)
+    _assert_same(initial, model.backbone, {"projector": model.projector}, "initial")
+
+    for step in range(N_STEPS):
+        loss, lr = official_barlow.train_step(args, model, optimizer, steps_per_epoch, step, *tviews[step])
+        _assert_step(step, metrics[step], loss, lr)
+        _assert_same(states[step], model.backbone, {"projector": model.projector}, f"step {step}")
+    _assert_trained(initial, states[-1])
+
+
+# ----------------------------------------------------------------------------- SimSiam
+
+
+@pytest.mark.parametrize("fix_pred_lr", [False, True])
+def test_simsiam_matches_official(fix_pred_lr):
+    """facebookresearch/simsiam ``simsiam/builder.py``: ``SimSiam.__init__`` and ``forward``;
+    ``main_simsiam.py``: ``train`` (``nn.CosineSimilarity`` loss), SGD with momentum 0.9 and weight
+    decay on the ``fix_pred_lr`` parameter groups, ``adjust_learning_rate`` (cosine per epoch)."""
+    # 2 steps per epoch over 4 epochs: the per-epoch cosine holds the lr for steps 0 and 1 and
+    # lowers it at step 2 (the predictor keeps init_lr throughout with fix_pred_lr). Our preset has
+    # the SSL4EO review's ResNet-18 step decay instead (the official's --cos off); same schedule code.
+    steps_per_epoch, epochs = 2, 4
+    dim, pred_dim = 32, 16
+    config = method_config("simsiam", **{
+        "simsiam.projector": (FEATURES, FEATURES, dim), "simsiam.predictor": (pred_dim, dim),
+        "simsiam.fix_pred_lr": fix_pred_lr, "optim.schedule": "cosine", "optim.per_epoch": True,
+        "optim.warmup_epochs": 0.0, "optim.base_lr": 6.4, "optim.weight_decay": 1e-2})
+    views, tviews = _views()
+    initial, states, metrics = run_jax(config, views, steps_per_epoch, epochs * steps_per_epoch)
+
+    args = types.SimpleNamespace(epochs=epochs, fix_pred_lr=fix_pred_lr, momentum=config.optim.momentum,
+                                 weight_decay=config.optim.weight_decay)
+    init_lr = config.optim.base_lr * BATCH / 256  # main_simsiam.py: init_lr = args.lr * args.batch_size / 256
+    model = official_simsiam.SimSiam(_backbone(initial), FEATURES, dim, pred_dim)
+    # The official's last projector Linear keeps a frozen bias (randomly initialised) that the
+    # affine-free BN after it removes exactly; ours has none. Zero: the official with any bias
+    # trains identically, only that last BN's running mean would carry the constant bias.
+    with torch.no_grad():
+        model.projector[6].bias.zero_()
+    _load_mlp(model.projector, initial, "projector")
+    _load_mlp(model.predictor, initial, "predictor")
+    criterion = nn.CosineSimilarity(dim=1)
+    optimizer = official_simsiam.make_optimizer(args, model, init_lr)
+    heads = {"projector": model.projector, "predictor": model.predictor}
+    _assert_same(initial, model.backbone, heads, "initial")
+
+    for step in range(N_STEPS):
+        epoch = step // steps_per_epoch
+        loss, lr = official_simsiam.train_step(args, model, criterion, optimizer, init_lr, epoch, *tviews[step])
+        _assert_step(step, metrics[step], loss, lr)
+        _assert_same(states[step], model.backbone, heads, f"step {step}")
+    _assert_trained(initial, states[-1])
+
+
+# ----------------------------------------------------------------------------- BYOL
+
+
+def test_byol_matches_official():
+    """google-deepmind/deepmind-research ``byol/byol_experiment.py``: ``loss_fn``
+    (``helpers.regression_loss``) and ``_update_fn`` (LARS step with ``schedules.learning_schedule``,
+    then the target EMA with ``schedules.target_ema``); ``utils/networks.py: MLP``;
+    ``utils/optimizers.py: lars`` with ``exclude_bias_and_norm``."""
+    # 1 warm-up step of 6: lr 0, then the cosine's start and its first decay; tau moves every step.
+    steps_per_epoch, total, warmup = 1, 6, 1
+    hidden, out = 64, 32
+    config = method_config("byol", **{
+        "byol.projector": (hidden, out), "byol.predictor": (hidden, out), "byol.momentum": 0.9,
+        "optim.warmup_epochs": float(warmup), "optim.eta": 0.4, "optim.weight_decay": 1e-2})
+    assert config.optim.lr_biases == config.optim.lr  # the official LARS has one lr for all parameters
+    views, tviews = _views()
+    initial, states, metrics = run_jax(config, views, steps_per_epoch, total)
+
+    online = official_byol.BYOLNetwork(_backbone(initial), FEATURES, hidden, out, hidden)
+    _load_mlp(online.projector.net, initial, "projector")
+    _load_mlp(online.predictor.net, initial, "predictor")
+    target = official_byol.make_target(online)
+    target_vars = {"params": initial["extra"]["target_params"], "batch_stats": initial["extra"]["target_batch_stats"]}
+    target.encoder.load_state_dict(_backbone(target_vars).state_dict())
+    _load_mlp(target.projector.net, target_vars, "projector")
+    optimizer = official_byol.LARS(online, weight_decay=config.optim.weight_decay, momentum=config.optim.momentum,
+                                   eta=config.optim.eta)
+
+    def check(state: Mapping[str, Any], what: str) -> None:
+        _assert_same(state, online.encoder, {"projector": online.projector.net, "predictor": online.predictor.net},
+                     f"{what} online")
+        state_target = {"params": state["extra"]["target_params"], "batch_stats": state["extra"]["target_batch_stats"]}
+        _assert_same(state_target, target.encoder, {"projector": target.projector.net}, f"{what} target")
+
+    check(initial, "initial")
+    for step in range(N_STEPS):
+        loss, lr, tau = official_byol.update_fn(
+            online, target, optimizer, step, *tviews[step], batch_size=BATCH, base_learning_rate=config.optim.base_lr,
+            max_steps=total, warmup_steps=warmup, base_target_ema=config.byol.momentum)
+        _assert_step(step, metrics[step], loss, lr)
+        np.testing.assert_allclose(metrics[step]["momentum"], tau, rtol=1e-6, err_msg=f"tau at step {step}")
+        check(states[step], f"step {step}")
+    _assert_trained(initial, states[-1])
+
+
+# ----------------------------------------------------------------------------- VICReg
+
+
+def test_vicreg_matches_official():
+    """facebookresearch/vicreg ``main_vicreg.py``: ``VICReg.forward`` (+ ``off_diagonal``),
+    ``Projector``, ``LARS`` with ``exclude_bias_and_norm``, ``adjust_learning_rate`` (10 warm-up
+    epochs, cosine to 0.001 x lr)."""
+    steps_per_epoch, epochs = 0.1, 60  # as Barlow Twins: warm-up step, cosine start, cosine decay
+    total = round(epochs * steps_per_epoch)
+    config = method_config("vicreg", **{
+        "vicreg.projector": (64, 64, 64), "optim.warmup_epochs": 10.0, "optim.eta": 0.4,
+        "optim.weight_decay": 1e-2})
+    assert config.optim.end_lr_fraction == 0.001
+    assert config.optim.lr_biases == config.optim.lr  # the official LARS has one lr for all parameters
+    views, tviews = _views()
+    initial, states, metrics = run_jax(config, views, steps_per_epoch, total)
+
+    args = types.SimpleNamespace(epochs=epochs, batch_size=BATCH, base_lr=config.optim.base_lr,
+                                 wd=config.optim.weight_decay, mlp="64-64-64", sim_coeff=config.vicreg.sim_coeff,
+                                 std_coeff=config.vicreg.std_coeff, cov_coeff=config.vicreg.cov_coeff)
+    model = official_vicreg.VICReg(args, _backbone(initial), FEATURES)
+    _load_mlp(model.projector, initial, "projector")
+    optimizer = official_vicreg.make_optimizer(args, model, eta=config.optim.eta)
+    _assert_same(initial, model.backbone, {"projector": model.projector}, "initial")
+
+    for step in range(N_STEPS):
+        loss, lr = official_vicreg.train_step(args, model, optimizer, steps_per_epoch, step, *tviews[step])
+        _assert_step(step, metrics[step], loss, lr)
+        _assert_same(states[step], model.backbone, {"projector": model.projector}, f"step {step}")
+    _assert_trained(initial, states[-1])
