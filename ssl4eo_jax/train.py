@@ -117,6 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  jax.devices()[0].platform, jax.process_count())
     global_batch = config.data.global_batch
     sharding.check_batch_size(global_batch, mesh)
+    recompute = recompute_bn(config.eval)  # a bad config.eval.bn fails now, not after pre-training
 
     # Input.
     manifest = load_dataset_manifest(config.data)
@@ -241,7 +242,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         trained_vars = best[0] if best else state
         results["evaluated_checkpoint"] = {"which": "best" if best else "last", "step": best[1] if best else n_steps}
         # One protocol for both encoders: the same BN treatment (config.eval.bn), said in results.json.
-        recompute = recompute_bn(config.eval)
         results["eval_bn"] = BN_MODES[config.eval.get("bn", "recompute")]
         results["pretrained"] = evaluate_frozen(frozen, encoder_variables(trained_vars), sources, config.eval,
                                                 "pre-trained", recompute_bn=recompute)
