@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # torch==2.13.0 exactly: it installs a local CPU build on our machines (other specs pull CUDA).
-        "test": ["pytest>=8", "scikit-learn>=1.4", "torch==2.13.0", "safetensors>=0.4", *PREP],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0", "safetensors>=0.4", *PREP],
         # PyTorch interop: .safetensors needs only this; .pth/.pt files also need torch.
         "interop": ["safetensors>=0.4"],
         "tfds": ["tensorflow-datasets>=4.9"],

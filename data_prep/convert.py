@@ -23,7 +23,7 @@ import numpy as np
 
 from data_prep.writer import BadPatch, PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.data.manifest import DatasetError, write_manifest
-from ssl4eo_jax.errors import UserError
+from ssl4eo_jax.errors import run_guarded
 
 FINGERPRINT_NAME = "conversion.json"
 SKIPPED_NAME = "skipped.json"
@@ -40,6 +40,7 @@ def converter_parser(doc: str) -> argparse.ArgumentParser:
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--src --out --workers --skip-bad --records-per-shard --stats-split --no-progress``."""
     parser.add_argument("--src", required=True, help="the archive as downloaded and extracted")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     parser.add_argument("--out", required=True, help="output directory (re-run the same command to resume)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes, each writing whole shards (default: all CPUs)")
@@ -198,16 +199,11 @@ def _print_summary(out, job, summaries, skipped, filtered, seconds, workers) -> 
 
 
 def main_guard(main: Callable[[], None]) -> None:
-    """Runs a converter's ``main`` and turns its errors into one message and exit status 1."""
+    """Runs a converter's ``main`` and turns its errors into one message and exit status 1
+    (``ssl4eo_jax.errors.run_guarded``; a traceback only with ``--verbose``)."""
     try:
-        main()
+        run_guarded(main)
     except BadPatch as e:
         print(f"error: {e}\n(re-run with --skip-bad to skip such patches and list them in {SKIPPED_NAME})",
               file=sys.stderr)
         sys.exit(1)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("\ninterrupted: re-run the same command to finish the missing shards", file=sys.stderr)
-        sys.exit(130)

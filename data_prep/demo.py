@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 
 import numpy as np
@@ -286,12 +287,32 @@ def ensure_demo_dataset(
     variant(name)
     tag = "-".join(f"{k}{v}" for k, v in sizes.items())
     out = os.path.join(cache_dir or ssl4eo_cache_dir(), f"{name}-v{VERSION}-{size}px-{tag}-seed{seed}")
-    if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
+    if not _cache_intact(out):
         generate(out, sizes, size=size, seed=seed, workers=workers, progress=progress, name=name)
     return out
 
 
-def main() -> None:
+def _cache_intact(out: str) -> bool:
+    """Whether the cached demo data in ``out`` is complete and passes the cheap shard checks. A
+    damaged cache (a deleted or truncated shard) is regenerated, rewriting only what is damaged; so is
+    one written before the manifest recorded per-shard checksums (to add them)."""
+    if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
+        return False
+    from ssl4eo_jax.data.integrity import check_dataset
+    from ssl4eo_jax.data.manifest import DatasetError, load_manifest
+
+    try:
+        manifest = load_manifest(out)
+        if any(manifest.shard_info(split) is None for split in manifest.splits):
+            return False
+        check_dataset(manifest)
+    except DatasetError as e:
+        logging.warning("The cached demo data is damaged (%s); regenerating what is missing or damaged.", e)
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--train", type=int, default=DEFAULT_SIZES["train"])
@@ -301,11 +322,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default="demo", choices=sorted(VARIANTS), help="band set and task")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
-    args = parser.parse_args()
+    parser.add_argument("--records-per-shard", type=int, default=1000)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
     generate(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.size, args.seed, args.workers,
-             name=args.variant)
+             records_per_shard=args.records_per_shard, progress=not args.no_progress, name=args.variant)
     print(f"Wrote the demo dataset to {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    from data_prep.convert import main_guard
+
+    main_guard(main)

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default=None, help="split to preview (default: train, else the first)")
     parser.add_argument("--count", type=int, default=16, help="patches in the preview grid")
     parser.add_argument("--png", default=None, help="preview file (default: DIR/preview-<split>.png)")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     manifest = load_manifest(args.dir)
     print(summary(manifest))

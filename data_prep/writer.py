@@ -5,8 +5,15 @@ into fixed ranges of ``records_per_shard`` items; shard ``k`` always holds the r
 ``[k * records_per_shard, (k + 1) * records_per_shard)`` in order, whatever the number of workers, so
 the output is byte-identical from run to run. Each shard is
 written to a temporary name with a sidecar ``<shard>.meta.json`` (patch ids, band statistics,
-skipped items) and renamed only when complete: a re-run after a crash or Ctrl-C keeps the finished
-shards and writes only the missing ones.
+skipped items, and the shard's record count, byte size, sha256 and modification time) and renamed
+only when complete: a re-run after a crash or Ctrl-C keeps the finished shards and writes only the
+missing ones.
+
+A re-run also rewrites damaged shards. A finished shard is kept only when its size equals the one in
+its sidecar and, if its modification time changed since it was written (e.g. a copy), when its sha256
+still matches too; an unchanged file is not hashed again. (A shard damaged in place without a change
+of size or date, which only ``python -m data_prep.verify`` detects, is rewritten after deleting it.)
+The manifest's ``shard_info`` comes from the sidecars.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -24,6 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.stats import BandStats
+from ssl4eo_jax.data.integrity import count_records, file_sha256
+from ssl4eo_jax.data.manifest import DatasetError, ShardInfo
 
 # group_size:1 for Grain's random access. zstd level 1: on 120 px 13-band uint16 patches it reads
 # 1.6x faster than ArrayRecord's default zstd level and stores within 2 % of its size; snappy and
@@ -62,9 +72,15 @@ class SplitSummary:
     written_now: int
     seconds: float
     filtered: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    shard_info: list[ShardInfo] = dataclasses.field(default_factory=list)
 
     def manifest_entry(self) -> dict:
-        return {"size": self.size, "shards": self.shards, "ids_file": self.ids_file}
+        """The split's entry in ``manifest.json`` (layout in ``ssl4eo_jax.data.manifest``)."""
+        entry: dict[str, Any] = {"size": self.size, "shards": self.shards}
+        if self.shard_info:
+            entry["shard_info"] = [info.to_json() for info in self.shard_info]
+        entry["ids_file"] = self.ids_file
+        return entry
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -100,26 +116,86 @@ def _write_shard(
                 if on_record is not None:
                     on_record()
             writer.write(record.data)
+            _injected_fault()
             ids.append(record.patch_id)
             if record.image is not None:
                 stats.update(record.image)
     finally:
         writer.close()
-    meta = {"shard": name, "ids": ids, "stats": stats.to_json(), "skipped": skipped, "filtered": filtered}
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(meta_path + ".tmp", meta_path)
-    os.replace(tmp, path)
+    meta = {"shard": name, "ids": ids, "stats": stats.to_json(), "skipped": skipped, "filtered": filtered,
+            **_file_facts(tmp, len(ids))}
+    _write_meta(meta_path, meta)
+    os.replace(tmp, path)  # a rename keeps the modification time recorded in the sidecar
     return meta
 
 
+FAULT_ENV = "SSL4EO_JAX_KILL_AT_RECORD"
+_written_in_process = 0
+
+
+def _injected_fault() -> None:
+    """Fault injection for the tests: ``SSL4EO_JAX_KILL_AT_RECORD=<n>`` kills the process with SIGKILL
+    right after it wrote its n-th record (mid-shard, with the shard's temporary file open)."""
+    global _written_in_process
+    _written_in_process += 1
+    if os.environ.get(FAULT_ENV) == str(_written_in_process):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _file_facts(path: str, records: int) -> dict[str, Any]:
+    """What the sidecar records of a finished shard file (``mtime_ns`` spares re-hashing it)."""
+    st = os.stat(path)
+    return {"records": records, "bytes": st.st_size, "sha256": file_sha256(path), "mtime_ns": st.st_mtime_ns}
+
+
+def _write_meta(meta_path: str, meta: dict) -> None:
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f)
+    os.replace(meta_path + ".tmp", meta_path)
+
+
 def _load_complete_shard(out_dir: str, name: str) -> dict | None:
+    """The sidecar of a finished, intact shard; ``None`` when the shard must be (re)written."""
     path = os.path.join(out_dir, name)
     meta_path = path + ".meta.json"
     if not (os.path.exists(path) and os.path.exists(meta_path)):
         return None
-    with open(meta_path) as f:
-        return json.load(f)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        ids = meta["ids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return _rewrite(path, "its sidecar .meta.json is unreadable")
+    st = os.stat(path)
+    if "sha256" in meta and "bytes" in meta:
+        if st.st_size != meta["bytes"]:
+            return _rewrite(path, f"{st.st_size} bytes, {meta['bytes']} when written")
+        if st.st_mtime_ns == meta.get("mtime_ns"):
+            return meta  # untouched since it was written
+        if file_sha256(path) != meta["sha256"]:
+            return _rewrite(path, "its sha256 differs from the one recorded when it was written")
+        meta["mtime_ns"] = st.st_mtime_ns  # same contents (e.g. copied): trust the new date from now on
+        _write_meta(meta_path, meta)
+        return meta
+    # A sidecar of an older writer: check and record the shard's facts now, once.
+    try:
+        records = count_records(path)
+    except DatasetError as e:
+        return _rewrite(path, str(e))
+    if records != len(ids):
+        return _rewrite(path, f"{records} records, {len(ids)} ids in its sidecar")
+    meta.update(_file_facts(path, records))
+    _write_meta(meta_path, meta)
+    return meta
+
+
+def _rewrite(path: str, why: str) -> None:
+    logging.warning("Rewriting the damaged shard %s (%s).", path, why)
+    return None
+
+
+def _shard_info(meta: dict) -> ShardInfo:
+    return ShardInfo(meta["shard"], int(meta["records"]), int(meta["bytes"]), str(meta["sha256"]))
 
 
 def write_split(
@@ -193,6 +269,7 @@ def write_split(
         written_now=written_now,
         seconds=time.time() - began,
         filtered=filtered,
+        shard_info=[_shard_info(metas[k]) for k in range(total_shards)],
     )
 
 

@@ -12,10 +12,13 @@ instead of a shape error.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from ssl4eo_jax.errors import UserError
@@ -58,6 +61,16 @@ def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     return out
 
 
+FAULT_ENV = "SSL4EO_JAX_KILL_DURING_CHECKPOINT"
+
+
+def _injected_fault(step: int) -> None:
+    """Fault injection for the tests: ``SSL4EO_JAX_KILL_DURING_CHECKPOINT=<step>`` kills the process
+    with SIGKILL right after checkpoint ``step``'s asynchronous write has started."""
+    if os.environ.get(FAULT_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Checkpointer:
     """Saves and restores (state, data iterator, config) under ``<workdir>/checkpoints``."""
 
@@ -65,7 +78,9 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, subdir))
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+            # A write cut short (SIGKILL, power loss) leaves only a temporary folder, removed here.
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                                                 cleanup_tmp_directories=True),
             item_names=("state", "data", "config", "info"),
         )
 
@@ -76,6 +91,7 @@ class Checkpointer:
              info: dict[str, Any] | None = None) -> None:
         # The topology is saved with the config: each process's data-iterator state belongs to its
         # shard of the stream, so a run resumes on the same number of processes.
+        self._check_free_space(step, state)
         config = {**config, "_runtime": {"process_count": jax.process_count()}}
         items = {"info": ocp.args.JsonSave(info)} if info is not None else {}
         self.manager.save(
@@ -87,6 +103,20 @@ class Checkpointer:
                 **items,
             ),
         )
+        _injected_fault(step)
+
+    def _check_free_space(self, step: int, state: Any) -> None:
+        """Refuses, before anything is written, a checkpoint that cannot fit on the disk (orbax would
+        fail half-way in a background thread); the last complete checkpoint stays."""
+        needed = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed * 1.1 + (1 << 20):
+            raise UserError(
+                f"no space left on the device for checkpoint {step}: it needs about {needed / 2**20:.1f} MiB in "
+                f"{self.directory}, {free / 2**20:.1f} MiB are free. Free some space or choose a work dir on "
+                f"another disk (--workdir); the last complete checkpoint (step {self.latest_step() or 0}) is "
+                "kept and the same command resumes from it."
+            )
 
     def info(self, step: int) -> dict[str, Any]:
         """The ``info`` item saved with checkpoint ``step`` ({} when it has none)."""

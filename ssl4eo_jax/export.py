@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
-from ssl4eo_jax.errors import UserError
+from ssl4eo_jax.errors import UserError, run_guarded
 from ssl4eo_jax.interop.loading import SIDECAR_MARK, sidecar_path
 from ssl4eo_jax.interop.normalisation import Normalisation
 from ssl4eo_jax.interop.projector import projector_to_state_dict, torch_code
@@ -109,11 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to", required=True, help="output weights file: .safetensors, .pth or .pt")
     parser.add_argument("--format", default="timm", choices=FORMATS, help="the loading recipe in the sidecar")
     parser.add_argument("--with-projector", action="store_true", help="also write the projector (projector.*)")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
-        sidecar = export_checkpoint(args.checkpoint, args.to, args.format, args.with_projector)
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    sidecar = export_checkpoint(args.checkpoint, args.to, args.format, args.with_projector)
     model = sidecar["model"]
     print(f"Wrote {model['name']} ({model['in_chans']} bands, {sidecar['method']}, step {sidecar['source']['step']})"
           f"{' with its projector' if sidecar['projector'] else ''} to {args.to}, and {sidecar_path(args.to)}.\n"
@@ -121,4 +118,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_guarded(main)

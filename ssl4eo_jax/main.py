@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ssl4eo_jax.errors import UserError
+from ssl4eo_jax import cli_flags
+from ssl4eo_jax.errors import UserError, run_guarded
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/<name>.py[:<preset>]).",
                                           lock_config=True)
@@ -53,18 +53,35 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     if config.task not in TASKS:
-        raise app.UsageError(f"Unknown task {config.task!r} (config.task); available: {', '.join(TASKS)}.")
+        raise UserError(f"Unknown task {config.task!r} (config.task); available: {', '.join(TASKS)}.")
     workdir = _WORKDIR.value or default_workdir(config)
+    check_workdir(workdir)
     logging.info("Config:\n%s", config)
     from ssl4eo_jax import distributed  # imported here so that --help is fast
     from ssl4eo_jax.cache import enable_compilation_cache
 
     enable_compilation_cache()
+    distributed.initialize(config)
+    run_task(config, workdir)
+
+
+def check_workdir(workdir: str) -> None:
+    """Checks, before any work is done and without creating anything, that the work dir (or the
+    nearest existing folder above it) is a folder in which files can be written."""
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot use the work dir {workdir}: {existing} is a file, not a folder; choose another "
+                        "--workdir.")
+    probe = os.path.join(existing, f".ssl4eo-write-test-{os.getpid()}")
     try:
-        distributed.initialize(config)
-        run_task(config, workdir)
-    except UserError as e:  # our messages name the culprit and the fix; no traceback needed
-        sys.exit(f"error: {e}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to the work dir {workdir} ({existing}: {e.strerror}); choose another "
+                        "--workdir.") from e
 
 
 class _QuietLibraries:
@@ -83,7 +100,7 @@ def _setup_logging() -> None:
 
 def run() -> None:
     app.call_after_init(_setup_logging)
-    app.run(main)
+    run_guarded(lambda: app.run(main, flags_parser=cli_flags.parse_flags))
 
 
 if __name__ == "__main__":

@@ -99,8 +99,8 @@ class Subset:
     def raw(self, index: int) -> bytes:
         return self._source.raw(self._start + index)
 
-    def decode(self, raw: bytes) -> dict[str, Any]:
-        return self._source.decode(raw)
+    def decode(self, raw: bytes, index: int | None = None) -> dict[str, Any]:
+        return self._source.decode(raw, None if index is None else self._start + index)
 
 
 class KnnMonitor:

@@ -24,6 +24,7 @@ from ssl4eo_jax.data import pipeline
 from ssl4eo_jax.data.datasets import load_dataset_manifest
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.errors import TrainingDiverged
 from ssl4eo_jax.evaluators import BN_MODES, evaluate_frozen, frozen_encoder, recompute_bn
 from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.methods.base import Method, encoder_variables
@@ -109,7 +110,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pre-trains, evaluates and writes results into ``workdir``; returns the results dict."""
     began = time.time()
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
 
     # Mesh.
     mesh = sharding.make_mesh()
@@ -138,6 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for line in derived:
         logging.info("Short-run rule: %s", line)
     config_dict = config.to_dict()
+    os.makedirs(workdir, exist_ok=True)  # only now: a bad config or dataset leaves no trace
     if is_main:
         write_json(os.path.join(workdir, "config.json"), config_dict)
 
@@ -173,6 +174,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     clock = {"time": time.time(), "step": start}
     bar = tqdm(total=n_steps, initial=start, desc=f"pre-training {config.method}", unit="step", disable=not is_main)
 
+    def check_finite(done: int, loss: float) -> None:
+        """A NaN/inf loss stops the run before its state is checkpointed; the last good checkpoint stays."""
+        if np.isfinite(loss):
+            return
+        ckpt.wait()
+        bar.close()
+        raise TrainingDiverged(
+            f"the loss is {loss} at step {done}; that state is not checkpointed, the last good checkpoint "
+            f"(step {ckpt.latest_step() or 0}) stays in {ckpt.directory}. Lower config.optim.base_lr (now "
+            f"{config.optim.base_lr}) or lengthen config.optim.warmup_epochs, and check the band statistics in "
+            f"{manifest.root}/manifest.json; the same command with the same --workdir resumes from that checkpoint."
+        )
+
     def flush(done: int, metrics: dict[str, jax.Array], knn: bool = False) -> dict[str, float]:
         nonlocal train_seconds
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -186,11 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{ips:.0f}")
         logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s%s", done, n_steps, values["loss"], values["lr"],
                      ips, monitor.describe(values))
-        if not np.isfinite(values["loss"]):
-            raise FloatingPointError(
-                f"The loss is {values['loss']} at step {done}. Lower config.optim.lr or check the input "
-                f"statistics in {manifest.root}/manifest.json."
-            )
+        check_finite(done, values["loss"])
         clock.update(time=time.time(), step=done)  # the kNN monitor's time is not training time
         return values
 
@@ -214,6 +224,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     value.copy_to_host_async()
                 pending = (done, metrics)
             if done % ckpt_every == 0 or done == n_steps or monitor.stop:
+                if pending is not None:  # never checkpoint a NaN state
+                    last = flush(*pending)
+                    pending = None
+                if last.get("step") != done:
+                    with jax.transfer_guard("allow"):
+                        check_finite(done, float(metrics["loss"]))
                 ckpt.save(done, state, data_iter, config_dict, info=monitor.state())
             bar.update(1)
             if monitor.stop:

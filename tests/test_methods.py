@@ -149,11 +149,11 @@ def test_registry_names_match_the_configs():
 # ----------------------------------------------------------------------------- 1 vs 8 devices
 
 
-@pytest.mark.parametrize("name,overrides", [("mocov2", {}), ("mocov2", {"mocov2.shuffle_bn": False}), ("byol", {})])
-def test_one_and_eight_devices_give_the_same_losses(demo_dir, name, overrides):
-    """Shuffle-BN included: its BN groups are virtual, not devices (the CLI-level test of every
-    method is tests/test_device_invariance.py)."""
-    runs = [_trainer(name, demo_dir, n, 3, **overrides).run(2)[0] for n in (1, 8)]
+def test_moco_without_shuffle_bn_gives_the_same_losses_on_one_and_eight_devices(demo_dir):
+    """Plain BN (``shuffle_bn=False``); shuffle-BN and every other method's default are checked
+    through the command line by tests/test_device_invariance.py, and MoCo's whole state by
+    tests/test_official_steps_contrastive.py."""
+    runs = [_trainer("mocov2", demo_dir, n, 3, **{"mocov2.shuffle_bn": False}).run(2)[0] for n in (1, 8)]
     # Steps 1 and 2; later steps drift with float32 rounding, which training amplifies (issue 12).
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 

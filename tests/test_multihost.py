@@ -24,7 +24,8 @@ def _command(workdir: str, data_dir: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "ssl4eo_jax.main", "--config=configs/barlow.py", f"--workdir={workdir}",
         f"--config.data.dir={data_dir}", "--config.data.global_batch=32", "--config.data.workers=0",
-        "--config.aug.crop_size=32", "--config.barlow.projector=(64, 64, 64)", f"--config.train.steps={STEPS}",
+        "--config.aug.crop_size=32", "--config.model.width=8",
+        "--config.barlow.projector=(32, 32, 32)", f"--config.train.steps={STEPS}",
         "--config.train.log_every=1", "--config.train.checkpoint_every=2", "--config.optim.warmup_epochs=0.0",
         "--config.eval.enabled=False", "--config.train.log_all_processes=True", *extra,
     ]

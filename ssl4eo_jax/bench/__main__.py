@@ -16,6 +16,9 @@ import tempfile
 
 from absl import app, flags
 
+from ssl4eo_jax.cli_flags import parse_flags
+from ssl4eo_jax.errors import run_guarded
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "all"], "What to measure.")
 flags.DEFINE_integer("batch", None, "Global batch (default 256 on an accelerator, 64 on a CPU).")
@@ -159,4 +162,4 @@ def run_e2e(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_guarded(lambda: app.run(main, flags_parser=parse_flags))

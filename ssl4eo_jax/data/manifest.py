@@ -9,6 +9,8 @@ Every converter in ``data_prep/`` (and the demo generator) writes one into its o
       "band_stats": {"split": "train", "mean": [...], "std": [...]},
       "classes": [...], "multi_label": false, "label_kinds": ["single", "multi"],
       "splits": {"train": {"size": 4000, "shards": ["train-00000-of-00004.array_record", ...],
+                           "shard_info": [{"name": "train-00000-of-00004.array_record", "records": 1000,
+                                           "bytes": 3276800, "sha256": "9f86d0..."}, ...],
                            "ids_file": "train-ids.txt"}, ...},
       "extra": {...}
     }
@@ -16,6 +18,16 @@ Every converter in ``data_prep/`` (and the demo generator) writes one into its o
 ``shape`` is HWC for one date (THWC when a record holds several dates; such manifests say so with
 ``"time_axis": 0`` and ``"seasons": T``). ``multi_label`` says which label is the dataset's task;
 ``label_kinds`` which labels the records carry.
+
+Each split lists its shard file names in ``shards`` (record order) and, since the shard checks were
+added, the same shards in ``shard_info``: per shard its file ``name``, its ``records`` (count), its
+size in ``bytes`` and the ``sha256`` (hex) of the file, recorded by ``data_prep.writer`` when the
+shard is written. The ``records`` add up to the split's ``size``. Opening a split
+(``ssl4eo_jax.data.integrity.check_split``, every run) checks that each shard exists with its byte
+size and record count; ``python -m data_prep.verify DIR`` also checks the checksums (and with
+``--full`` decodes every record). Manifests written before ``shard_info`` still open (presence and
+the total count are checked) with a warning that suggests ``data_prep.verify``; ``shard_info`` is
+optional, so ``format_version`` stays 1 (readers that predate it ignore it).
 
 The ``data_prep`` converters add provenance that readers may ignore: ``resampling`` (method, size,
 which bands are bit-exact and which were resampled), ``split_method`` (official lists, metadata, or
@@ -40,6 +52,23 @@ MANIFEST_NAME = "manifest.json"
 
 class DatasetError(UserError):
     """A dataset directory or file that cannot be used, with the path and the fix in the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """One shard as the manifest records it: file name, record count, byte size, sha256 (hex)."""
+
+    name: str
+    records: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "records": self.records, "bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> "ShardInfo":
+        return cls(str(entry["name"]), int(entry["records"]), int(entry["bytes"]), str(entry["sha256"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +108,27 @@ class Manifest:
         return self.splits[split]
 
     def shard_paths(self, split: str) -> list[str]:
-        """Absolute paths of the split's shards; each must exist."""
+        """Absolute paths of the split's shards; each must exist (``integrity.check_split`` checks more)."""
         paths = [os.path.join(self.root, name) for name in self.split(split)["shards"]]
         for path in paths:
             if not os.path.exists(path):
                 raise DatasetError(
                     f"{path} is listed in {os.path.join(self.root, MANIFEST_NAME)} but missing; "
-                    "re-run the converter with the same --out to finish the missing shards."
+                    f"{self.repair_hint()}."
                 )
         return paths
+
+    def shard_info(self, split: str) -> list[ShardInfo] | None:
+        """The recorded name, record count, byte size and sha256 of each shard of ``split``, in record
+        order; ``None`` for manifests written before ``shard_info`` existed."""
+        entries = self.split(split).get("shard_info")
+        return None if entries is None else [ShardInfo.from_json(e) for e in entries]
+
+    def repair_hint(self) -> str:
+        """What fixes a missing or damaged shard (ends without a full stop)."""
+        converter = self.raw.get("converter")
+        who = f"the converter ({converter})" if converter else "the converter"
+        return f"re-run {who} with the same command: it resumes and rewrites what is missing or damaged"
 
     def band_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-band mean and std (float32), in the order of ``bands``."""
@@ -130,6 +171,11 @@ def load_manifest(root: str) -> Manifest:
     for key in ("mean", "std"):
         if len(stats[key]) != len(bands):
             raise DatasetError(f"{path}: band_stats.{key} has {len(stats[key])} values for {len(bands)} bands.")
+    splits = _require(raw, "splits", path)
+    if not isinstance(splits, dict):
+        raise DatasetError(f"{path}: splits is not a mapping of split names; re-run the converter.")
+    for name, entry in splits.items():
+        _check_shard_info(entry, f"{path}: splits.{name}")
     return Manifest(
         root=root,
         dataset=str(_require(raw, "dataset", path)),
@@ -141,9 +187,27 @@ def load_manifest(root: str) -> Manifest:
         classes=tuple(raw.get("classes", ())),
         multi_label=bool(raw.get("multi_label", False)),
         label_kinds=tuple(raw.get("label_kinds", ("multi",) if raw.get("multi_label") else ("single",))),
-        splits=dict(_require(raw, "splits", path)),
+        splits=dict(splits),
         raw=raw,
     )
+
+
+def _check_shard_info(entry: dict[str, Any], where: str) -> None:
+    """``shard_info`` (when present) must describe exactly the ``shards``, and its counts the ``size``."""
+    if "shard_info" not in entry:
+        return
+    try:
+        infos = [ShardInfo.from_json(e) for e in entry["shard_info"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{where}.shard_info is malformed ({e!r}); re-run the converter.") from None
+    if [i.name for i in infos] != list(entry.get("shards", [])):
+        raise DatasetError(f"{where}.shard_info names other files than {where}.shards; re-run the converter.")
+    total = sum(i.records for i in infos)
+    if total != int(entry.get("size", -1)):
+        raise DatasetError(
+            f"{where}.shard_info counts {total} records but the split's size is {entry.get('size')}; "
+            "re-run the converter."
+        )
 
 
 def write_manifest(root: str, manifest: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ def _quiet_resource_tracker() -> None:
 
 
 class _Tag(grain.transforms.MapWithIndex):
-    def map_with_index(self, index: int, element: bytes) -> tuple[int, bytes]:
+    def map_with_index(self, index: int, element: tuple[int, bytes]) -> tuple[int, tuple[int, bytes]]:
         return index, element
 
 
@@ -62,15 +62,16 @@ class _DecodeTrain(grain.transforms.Map):
     def __init__(self, source: SplitSource):
         self._source = source
 
-    def map(self, element: tuple[int, bytes]) -> dict[str, Any]:
-        index, raw = element
-        ex = self._source.decode(raw)
+    def map(self, element: tuple[int, tuple[int, bytes]]) -> dict[str, Any]:
+        index, (record, raw) = element
+        ex = self._source.decode(raw, record)  # a bad record's error names its shard and index there
         image = ex["image"].astype(np.float32) if ex["image"].dtype == np.float64 else ex["image"]
         return {"image": image, "label": ex["label"], "multi_hot": ex["multi_hot"], "index": np.int32(index)}
 
 
 class _RawSource:
-    """The split's encoded records (decoding happens in the pipeline's workers)."""
+    """The split's encoded records with their index in the split (decoding happens in the
+    pipeline's workers; the index names a record that fails to decode)."""
 
     def __init__(self, source: SplitSource):
         self._source = source
@@ -78,8 +79,8 @@ class _RawSource:
     def __len__(self) -> int:
         return len(self._source)
 
-    def __getitem__(self, index: int) -> bytes:
-        return self._source.raw(index)
+    def __getitem__(self, index: int) -> tuple[int, bytes]:
+        return index, self._source.raw(index)
 
 
 def train_dataset(source: SplitSource, global_batch: int, seed: int) -> grain.MapDataset:

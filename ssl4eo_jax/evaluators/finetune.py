@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ssl4eo_jax import augment, sharding
 from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data import pipeline
+from ssl4eo_jax.errors import TrainingDiverged
 from ssl4eo_jax.evaluators.linear import classification_loss
 from ssl4eo_jax.models.resnet import ResNet
 from ssl4eo_jax.optim import make_optimizer
@@ -175,13 +176,18 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
                      disable=jax.process_index() != 0):
         state, metrics = step_fn(state, next(data_iter))
         done = step + 1
-        if done % cfg.log_every == 0 or done == n_steps or step == start:
+        checkpoint_due = done % cfg.checkpoint_every == 0 or done == n_steps
+        if done % cfg.log_every == 0 or done == n_steps or step == start or checkpoint_due:
             record = {k: float(v) for k, v in jax.device_get(metrics).items()}
             losses.append(record["loss"])
             log.write({"step": done, "epoch": done / spe, **record})
-            if not np.isfinite(record["loss"]):
-                raise FloatingPointError(f"The {desc} loss is {record['loss']} at step {done}; lower the lr.")
-        if done % cfg.checkpoint_every == 0 or done == n_steps:
+            if not np.isfinite(record["loss"]):  # stop before that state is checkpointed
+                ckpt.wait()
+                raise TrainingDiverged(
+                    f"the {desc} loss is {record['loss']} at step {done}; the last good checkpoint (step "
+                    f"{ckpt.latest_step() or 0}) stays in {ckpt.directory}. Lower the learning rate and run the "
+                    "same command again: it resumes from that checkpoint.")
+        if checkpoint_due:
             ckpt.save(done, state, data_iter, config_dict)
     ckpt.close()
     data_iter.close()

@@ -90,11 +90,11 @@ class SubsetSource:
     def raw(self, index: int) -> bytes:
         return self.base.raw(int(self.indices[index]))
 
-    def decode(self, raw: bytes) -> dict[str, Any]:
-        return self.base.decode(raw)
+    def decode(self, raw: bytes, index: int | None = None) -> dict[str, Any]:
+        return self.base.decode(raw, None if index is None else int(self.indices[index]))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.decode(self.raw(index))
+        return self.decode(self.raw(index), index)
 
     def __repr__(self) -> str:
         return f"SubsetSource({self.base!r}, {len(self)} patches)"
