@@ -5,6 +5,14 @@ from setuptools import find_packages, setup
 # The archive converters in data_prep/ (GeoTIFF, HDF5, parquet, TFDS readers).
 PREP = ["rasterio>=1.3", "h5py>=3.8", "pandas>=2.0", "pyarrow>=12", "tensorflow-datasets>=4.9"]
 
+# Accelerator runtimes matching the pinned jax (as jax's own extras of 0.10.2 name them):
+# pip install -e '.[cuda12]' (or cuda13, tpu). tests/test_packaging.py keeps them consistent.
+ACCELERATORS = {
+    "cuda12": ["jax-cuda12-plugin[with-cuda]==0.10.2", "jax-cuda12-pjrt==0.10.2"],
+    "cuda13": ["jax-cuda13-plugin[with-cuda]==0.10.2", "jax-cuda13-pjrt==0.10.2"],
+    "tpu": ["libtpu==0.0.42.*", "requests"],
+}
+
 setup(
     name="ssl4eo-jax",
     version="0.1.0",
@@ -36,6 +44,7 @@ setup(
         "prep": PREP,
         # python -m ssl4eo_jax.bench: the reference baselines (OpenCV augmentation, GeoTIFF reads, PyTorch step).
         "bench": ["opencv-python-headless>=4.8", "rasterio>=1.3", "torch==2.13.0"],
+        **ACCELERATORS,
     },
     entry_points={"console_scripts": ["ssl4eo-jax=ssl4eo_jax.main:run"]},
 )

@@ -21,11 +21,12 @@ import sys
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ssl4eo_jax.data.integrity import file_sha256, shard_problem
 from ssl4eo_jax.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
 from ssl4eo_jax.data.records import decode_header, decode_record
+from ssl4eo_jax.progress import ProgressBar
+from ssl4eo_jax.progress import progress as progress_bar
 
 READ_CHUNK = 256  # records read at once with --full
 MAX_RECORD_PROBLEMS = 5  # per shard; the rest are counted in one line
@@ -52,7 +53,7 @@ class _Shard:
     ok: bool = True  # passed the cheap checks and the checksum
 
 
-def _check_files(manifest: Manifest, split: str, report: SplitReport, bar: tqdm) -> list[_Shard]:
+def _check_files(manifest: Manifest, split: str, report: SplitReport, bar: ProgressBar) -> list[_Shard]:
     """Presence, size, record count and sha256 of every shard of ``split``; the total count."""
     entry = manifest.split(split)
     infos = manifest.shard_info(split)
@@ -125,7 +126,7 @@ def _read_ids(manifest: Manifest, split: str, report: SplitReport) -> list[str] 
     return ids
 
 
-def _check_records(manifest: Manifest, split: str, shards: list[_Shard], report: SplitReport, bar: tqdm) -> None:
+def _check_records(manifest: Manifest, split: str, shards: list[_Shard], report: SplitReport, bar: ProgressBar) -> None:
     """Reads and decodes every record of the readable shards of ``split`` (``--full``)."""
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -196,12 +197,12 @@ def verify(root: str, splits: list[str] | None = None, full: bool = False, progr
     reports = {name: SplitReport(name) for name in names}
     total_bytes = sum(i.bytes for name in names for i in (manifest.shard_info(name) or []))
     shards = {}
-    with tqdm(total=total_bytes, desc="checksums", unit="B", unit_scale=True, disable=not progress) as bar:
+    with progress_bar(total=total_bytes, desc="checksums", unit="B", unit_scale=True, disable=not progress) as bar:
         for name in names:
             shards[name] = _check_files(manifest, name, reports[name], bar)
     if full:
         total = sum(s.count or 0 for name in names for s in shards[name])
-        with tqdm(total=total, desc="records", unit="record", disable=not progress) as bar:
+        with progress_bar(total=total, desc="records", unit="record", disable=not progress) as bar:
             for name in names:
                 _check_records(manifest, name, shards[name], reports[name], bar)
     return manifest, [reports[name] for name in names]

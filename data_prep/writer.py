@@ -29,7 +29,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from ssl4eo_jax.progress import progress as progress_bar
 
 from data_prep.stats import BandStats
 from ssl4eo_jax.data.integrity import count_records, file_sha256
@@ -231,7 +231,7 @@ def write_split(
             todo.append((k, items[start:stop]))
         else:
             metas[k] = meta
-    bar = tqdm(total=count, desc=f"{split}", unit="patch", disable=not progress,
+    bar = progress_bar(total=count, desc=f"{split}", unit="patch", disable=not progress,
                initial=count - sum(len(chunk) for _, chunk in todo))
     job = functools.partial(_shard_job, make_record, out_dir, split, total_shards, skip_bad)
     written_now = 0

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
+from ssl4eo_jax.progress import progress
 
 from ssl4eo_jax import augment, sharding, short_run
 from ssl4eo_jax.checkpoint import Checkpointer
@@ -172,7 +172,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log_every, ckpt_every = config.train.log_every, config.train.checkpoint_every
     compile_seconds, train_seconds, last, pending = 0.0, 0.0, {}, None
     clock = {"time": time.time(), "step": start}
-    bar = tqdm(total=n_steps, initial=start, desc=f"pre-training {config.method}", unit="step", disable=not is_main)
+    bar = progress(total=n_steps, initial=start, desc=f"pre-training {config.method}", unit="step", disable=not is_main)
 
     def check_finite(done: int, loss: float) -> None:
         """A NaN/inf loss stops the run before its state is checkpointed; the last good checkpoint stays."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 import ml_collections
-from tqdm import tqdm
+from ssl4eo_jax.progress import progress
 
 from configs.common import apply_overrides
 from ssl4eo_jax import evaluate, train
@@ -144,7 +144,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     check_data(config, datasets_used(cells))
     logging.info("Benchmark %s: %d cells in %s", config.preset, len(cells), workdir)
     records, ran, shared, seen = [], 0, 0, set()
-    bar = tqdm(cells, desc=f"benchmark {config.preset}", unit="cell", disable=jax.process_index() != 0)
+    bar = progress(cells, desc=f"benchmark {config.preset}", unit="cell", disable=jax.process_index() != 0)
     for cell in bar:
         bar.set_postfix_str(f"{cell.experiment}: {cell.eval_id}")
         record, fresh = run_cell(config, cell, workdir)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
+from ssl4eo_jax.progress import progress
 
 from ssl4eo_jax import augment, sharding
 from ssl4eo_jax.checkpoint import Checkpointer
@@ -172,7 +172,7 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
     logging.info("%s: %d steps (%.1f epochs of %d patches) at batch %d", desc, n_steps, n_steps / spe,
                  len(train_source), batch)
     losses = []
-    for step in tqdm(range(start, n_steps), desc=desc, unit="step", leave=False,
+    for step in progress(range(start, n_steps), desc=desc, unit="step", leave=False,
                      disable=jax.process_index() != 0):
         state, metrics = step_fn(state, next(data_iter))
         done = step + 1

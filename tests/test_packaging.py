@@ -1,0 +1,57 @@
+"""The accelerator extras of setup.py (``.[cuda12]``, ``.[cuda13]``, ``.[tpu]``) pull the runtimes
+that the pinned jax itself names in its extras, at the same versions."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from importlib.metadata import metadata, version
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setup_literal(name: str):
+    """A module-level literal assigned in setup.py (read without running setup())."""
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"setup.py has no {name}")
+
+
+def _pins(requirements: list[str]) -> dict[str, str]:
+    """package -> exact version spec (``==x`` or jax's ``<=x,>=x``, normalised to ``==x``)."""
+    out = {}
+    for req in requirements:
+        req = req.split(";")[0].strip()
+        name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0).lower()
+        spec = req[len(name):]
+        spec = re.sub(r"^\[[^\]]*\]", "", spec).strip()
+        exact = re.fullmatch(r"<=([^,]+),>=\1", spec) or re.fullmatch(r">=([^,]+),<=\1", spec)
+        out[name] = f"=={exact.group(1)}" if exact else spec
+    return out
+
+
+def _jax_extra(extra: str) -> dict[str, str]:
+    requires = metadata("jax").get_all("Requires-Dist")
+    return _pins([r for r in requires if re.search(rf'extra == "{extra}"', r)])
+
+
+def test_setup_pins_the_jax_the_extras_are_checked_against():
+    assert '"jax==0.10.2"' in open(os.path.join(ROOT, "setup.py")).read()
+    assert version("jax") == "0.10.2"
+
+
+def test_accelerator_extras_match_the_pinned_jax():
+    extras = _setup_literal("ACCELERATORS")
+    assert sorted(extras) == ["cuda12", "cuda13", "tpu"]
+    for extra, requirements in extras.items():
+        ours, theirs = _pins(requirements), _jax_extra(extra)
+        theirs.pop("jaxlib")  # pinned by install_requires already
+        for package, spec in theirs.items():
+            assert ours.get(package) == spec, (extra, package, ours.get(package), spec)
+        if extra.startswith("cuda"):  # the plugin's PJRT runtime, at the same version
+            pjrt = f"jax-{extra}-pjrt"
+            assert ours[pjrt] == f"=={version('jax')}", (extra, ours)
+            assert f"jax-{extra}-plugin[with-cuda]" in " ".join(requirements)
