@@ -8,7 +8,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ssl4eo_jax.progress import progress
+from ssl4eo_jax.progress import progress as progress_bar
 
 from ssl4eo_jax import augment, sharding
 from ssl4eo_jax.data.pipeline import eval_batches
@@ -65,8 +65,8 @@ class FrozenEncoder:
         xs, labels, multi, masks = [], [], [], []
         per_process = -(-len(source) // jax.process_count())
         n_batches = -(-per_process // sharding.local_batch_size(self.global_batch))
-        for batch in progress(eval_batches(source, self.global_batch, self.mesh), total=n_batches, desc=desc,
-                          disable=not progress or jax.process_index() != 0, leave=False):
+        for batch in progress_bar(eval_batches(source, self.global_batch, self.mesh), total=n_batches, desc=desc,
+                              disable=not progress or jax.process_index() != 0, leave=False):
             xs.append(self._forward(variables, batch["image"]))
             labels.append(batch["label"])
             multi.append(batch["multi_hot"])
