@@ -34,13 +34,17 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "tensorboardX>=2.6",  # event files for TensorBoard, without TensorFlow
     ],
     extras_require={
         # torch==2.13.0 exactly: it installs a local CPU build on our machines (other specs pull CUDA).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0", "safetensors>=0.4", *PREP],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0", "safetensors>=0.4", "tensorboard>=2.16",
+                 *PREP],
         # PyTorch interop: .safetensors needs only this; .pth/.pt files also need torch.
         "interop": ["safetensors>=0.4"],
         "tfds": ["tensorflow-datasets>=4.9"],
+        # tensorboard --logdir runs: the viewer of the event files every run writes.
+        "tensorboard": ["tensorboard>=2.16"],
         "prep": PREP,
         # python -m ssl4eo_jax.bench: the reference baselines (OpenCV augmentation, GeoTIFF reads, PyTorch step).
         "bench": ["opencv-python-headless>=4.8", "rasterio>=1.3", "torch==2.13.0"],

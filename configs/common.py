@@ -184,6 +184,8 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2
     config.train.transfer_guard = "allow"  # "disallow": any implicit host<->device copy in the loop fails
     config.train.log_all_processes = False  # also write metrics.process<i>.jsonl on every other process
+    config.train.tensorboard = True  # TensorBoard event files in the work dir (tensorboard --logdir runs)
+    config.train.profile_steps = ""  # "<first>,<last>": a jax.profiler trace of those steps in <workdir>/profile
 
     config.eval = eval_config(p, config.aug.get_ref("crop_size"))
     return config

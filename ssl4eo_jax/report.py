@@ -86,3 +86,36 @@ def summary_table(results: dict[str, Any], split: str = "test") -> str:
         rand["knn"][split]["primary"], rand["linear"][split]["primary"],
     ]
     return format_table(header, [row])
+
+
+def end_summary(results: dict[str, Any], workdir: str, split: str | None, profile_dir: str | None = None,
+                events: bool = True) -> str:
+    """The one-screen summary printed at the end of a run: what ran, how fast, the evaluation table
+    and where every result lies."""
+    where = os.path.abspath(workdir)
+    last = results.get("final_metrics") or {}
+    ips = results.get("train_images_per_sec")
+    lines = [
+        "=" * 100,
+        f"{results['method']} on {results['dataset']}: {results['steps']} steps ({results['epochs']:.1f} epochs) at "
+        f"global batch {results['global_batch']} on {results['devices']} {results['platform']} device(s), "
+        f"{results['processes']} process(es)" + (f", resumed from step {results['resumed_from']}"
+                                                 if results.get("resumed_from") else ""),
+        f"  time      {results['wall_seconds']:.0f} s in all, compiled in {results['compile_seconds']:.1f} s"
+        + (f", {ips:.1f} images/s while training" if ips else ""),
+        f"  loss      {last['loss']:.5g} at the last step" if "loss" in last else "  loss      (not logged)",
+    ]
+    if results.get("stopped_on_collapse"):
+        lines.append("  STOPPED: the embeddings collapsed (see metrics.jsonl's embedding_std)")
+    if split and "pretrained" in results:
+        lines += [f"  frozen-encoder evaluation, {split} split, BN statistics {results.get('eval_bn', '')}:", "",
+                  summary_table(results, split), ""]
+    lines += [f"  files in  {where}", "    results.json, results.md   the evaluation and the run's facts",
+              "    metrics.jsonl              every logged step",
+              "    checkpoints/               the same command resumes from the last one"]
+    if events:
+        lines.append(f"    events.out.tfevents.*      tensorboard --logdir {where}")
+    if profile_dir:
+        lines.append(f"    {os.path.relpath(profile_dir, where) + '/':<26} the jax.profiler trace")
+    lines.append("=" * 100)
+    return "\n".join(lines)

@@ -30,7 +30,9 @@ from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.methods.base import Method, encoder_variables
 from ssl4eo_jax.monitor import TrainingMonitor
 from ssl4eo_jax.optim import make_optimizer
-from ssl4eo_jax.report import MetricsLog, summary_table, write_json
+from ssl4eo_jax.profiling import StepProfiler, profile_window
+from ssl4eo_jax.report import MetricsLog, end_summary, summary_table, write_json
+from ssl4eo_jax.tensorboard_events import EventLog, augmented_view_grid
 
 State = dict[str, Any]
 INIT_KEY, AUGMENT_KEY = 0, 1
@@ -78,10 +80,15 @@ def update_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callabl
     return new_state, {"loss": loss, "lr": lr_fn(step), **aux}
 
 
+def augment_key(config: Any) -> jax.Array:
+    """The base key of the training augmentation; step ``s`` uses ``fold_in(augment_key, s)``."""
+    return jax.random.fold_in(jax.random.key(config.seed), AUGMENT_KEY)
+
+
 def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable, config: Any,
                     mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh) -> Callable:
     """The jitted step: augment on device, then ``update_step`` on the views."""
-    aug_key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_KEY)
+    aug_key = augment_key(config)
     mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
     specs = augment.view_specs(config.aug)
 
@@ -134,6 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("Pre-training %s for %d steps (%.1f epochs of %.1f steps) at global batch %d", config.method,
                  n_steps, n_steps / spe, spe, global_batch)
     mean, std = manifest.band_stats()
+    profile = profile_window(config.train.get("profile_steps", ""), n_steps)
     derived = short_run.resolve(config, short_run.RunSize(len(sources["train"]), global_batch, n_steps))
     for line in derived:
         logging.info("Short-run rule: %s", line)
@@ -165,6 +173,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     log_name = "metrics.jsonl" if is_main else f"metrics.process{jax.process_index()}.jsonl"
     metrics_log = MetricsLog(os.path.join(workdir, log_name), resume_step=start,
                              enabled=is_main or config.train.get("log_all_processes", False))
+    events = EventLog(workdir, resume_step=start, enabled=is_main and config.train.get("tensorboard", True))
+    if events.writer is not None and not start:
+        events.config(config_dict)
+        events.text("short_run_rules", "\n".join(f"- {line}" for line in derived) or "(none: a full-length run)")
+        step0_key = jax.random.fold_in(augment_key(config), 0)
+        events.image("augmented_views", augmented_view_grid(sources["train"], config.aug, step0_key, mean, std))
+    profiler = StepProfiler(profile, workdir, start)
 
     # Loop. Metrics are copied to the host asynchronously and read one step late, so logging never
     # stalls the device; the transfer guard (config.train.transfer_guard) can make any other
@@ -197,6 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with jax.transfer_guard("allow"):  # the kNN monitor is an evaluation: it feeds the device on purpose
             record.update(monitor.observe(done, values, state, data_iter, config_dict, knn=knn))
         metrics_log.write(record)
+        events.scalars(done, record)
         bar.set_postfix(loss=f"{values['loss']:.4g}", img_s=f"{ips:.0f}")
         logging.info("step %d/%d  loss %.5g  lr %.4g  %.1f images/s%s", done, n_steps, values["loss"], values["lr"],
                      ips, monitor.describe(values))
@@ -207,7 +223,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with jax.transfer_guard(config.train.get("transfer_guard", "allow")):
         for step in range(start, n_steps):
             batch = next(data_iter)
+            profiler.before(step)
             state, metrics = train_step(state, batch)
+            profiler.after(step + 1, metrics)
             if step == start:  # Time the compilation apart from the throughput.
                 jax.block_until_ready(metrics)
                 compile_seconds = time.time() - clock["time"]
@@ -238,6 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 break
         if pending is not None:
             last = flush(*pending)
+    profiler.stop()
     bar.close()
     ckpt.close()
     data_iter.close()
@@ -265,14 +284,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                                  "random-init", recompute_bn=recompute)
     monitor.close()
     results["wall_seconds"] = time.time() - began
+    split = None
+    if config.eval.enabled:
+        split = "test" if "test" in sources else [s for s in sources if s != "train"][0]
+        for encoder in ("pretrained", "random_init"):
+            events.scalars(n_steps, results[encoder], prefix=f"eval/{encoder}")
     if is_main:
         write_json(os.path.join(workdir, "results.json"), results)
-        if config.eval.enabled:
-            split = "test" if "test" in sources else [s for s in sources if s != "train"][0]
+        if split:
             table = summary_table(results, split)
             with open(os.path.join(workdir, "results.md"), "w") as f:
                 f.write(f"# {config.method} on {manifest.dataset} ({split} split)\n\n{table}\n")
-            print(f"\nFrozen-encoder evaluation on the {split} split of {manifest.dataset}:\n{table}\n")
-        print(f"Results in {os.path.abspath(workdir)} (results.json, metrics.jsonl, checkpoints/); "
-              f"{results['wall_seconds']:.0f} s in all.")
+            events.text("results", f"{split} split, frozen encoder:\n\n{table}", n_steps)
+        print("\n" + end_summary(results, workdir, split, profiler.directory if profile else None,
+                                 events.writer is not None), flush=True)
+    events.close()
     return results

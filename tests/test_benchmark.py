@@ -12,6 +12,7 @@ from ssl4eo_jax.benchmark.figures import FIGURES
 from ssl4eo_jax.benchmark.grid import expand
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.tensorboard_events import grid_tag
 
 
 def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
@@ -56,6 +57,20 @@ def test_test_preset_runs_every_experiment_and_resumes(tmp_path):
     for cell in cells:
         record = json.load(open(os.path.join(workdir, "cells", cell.eval_id, "cell.json")))
         assert (record["finished"], record["wall_seconds"]) == walls[cell.eval_id]
+
+    # TensorBoard: the grid's cells, table and figures (rewritten, not duplicated, by the second run),
+    # and each pre-training's own curves in its directory.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(workdir, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    for r in again["cells"]:
+        (point,) = events.Scalars(grid_tag(r))
+        assert point.value == pytest.approx(r["score"])
+    assert set(events.Tags()["images"]) == {os.path.splitext(name)[0] for name in FIGURES.values()}
+    pretrain = EventAccumulator(os.path.join(workdir, "pretrain", "barlow_demo_ben_full_s0"))
+    pretrain.Reload()
+    assert "train/loss" in pretrain.Tags()["scalars"]
 
 
 def test_demo_grid_has_the_review_methods_and_unknown_methods_are_refused():

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from data_prep.writer import FAULT_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +63,7 @@ def _start_two(workdir: str, data_dir: str, steps: int) -> list[subprocess.Popen
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for pid in range(2)]
 
 
+@pytest.mark.multiprocess
 def test_killing_one_of_two_processes_stops_the_other_with_a_message_and_both_resume(demo_dir, tmp_path):
     """Process 1 is killed after checkpoint 8: process 0 exits with one line within a minute (not after
     jax.distributed's heartbeat timeout and an abort), and the two restarted processes resume."""

@@ -2,11 +2,13 @@
 global batch: both report identical losses, equal to the single-process run."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ssl4eo_jax.report import read_metrics
 
@@ -31,6 +33,14 @@ def _command(workdir: str, data_dir: str, *extra: str) -> list[str]:
     ]
 
 
+def _why(output: str) -> str:
+    """The lines that explain a failed process (the first fatal or error lines), then its tail."""
+    lines = output.splitlines()
+    key = [ln for ln in lines if re.search(r"^[EF]\d{4} |Error|error:|Terminating|fatal", ln)][:20]
+    return "\n".join(key + ["..."] + lines[-30:])
+
+
+@pytest.mark.multiprocess
 def test_two_processes_match_one_process(demo_dir, tmp_path):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", PYTHONUNBUFFERED="1")
     single = str(tmp_path / "single")
@@ -49,7 +59,7 @@ def test_two_processes_match_one_process(demo_dir, tmp_path):
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+        assert p.returncode == 0, _why(out)
     assert "process 1 of 2, 2 local / 4 global devices" in outputs[1]
 
     ref = [r["loss"] for r in read_metrics(os.path.join(single, "metrics.jsonl"))]

@@ -34,6 +34,7 @@ from ssl4eo_jax.benchmark.grid import Cell, datasets_used, expand
 from ssl4eo_jax.data.datasets import CONVERTERS
 from ssl4eo_jax.data.manifest import MANIFEST_NAME, DatasetError
 from ssl4eo_jax.report import write_json
+from ssl4eo_jax.tensorboard_events import write_grid_events
 
 
 def check_data(config: Any, datasets: list[str]) -> None:
@@ -165,6 +166,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "results.md"), "w") as f:
             f.write(markdown)
         results["figures"] = figures.draw(records, workdir)
+        write_grid_events(workdir, records, markdown, results["figures"])
         print(f"\n{markdown}\nBenchmark {config.preset}: {ran} cells run, {shared} shared "
               f"between experiments, {len(cells) - ran - shared} finished before, "
               f"{results['wall_seconds']:.0f} s; results in {os.path.abspath(workdir)}")
