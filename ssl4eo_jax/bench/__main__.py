@@ -6,6 +6,9 @@ augment   the on-device view pipeline (two 112 px views of 128 px 13-band patche
 pipeline  ArrayRecord shards -> Grain workers -> device arrays, per worker count, against the step rate
 step      the jitted train step per method: images/s, XLA FLOPs, TFLOP/s, MFU, time breakdown
 e2e       the real input pipeline feeding the train step: images/s and the fraction of step-only speed
+projection  a benchmark grid's compute on paper (``--config=configs/benchmark.py:review``): XLA's FLOPs of
+          every pre-training step times its steps, plus the evaluations, as hours on one H100 and on a
+          TPU v5e-8 slice at 30/45/60 % MFU (nothing is trained; each step is only lowered)
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import os
 import tempfile
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from ssl4eo_jax.cli_flags import parse_flags
 from ssl4eo_jax.errors import run_guarded
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "all"], "What to measure.")
+flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "projection", "all"], "What to measure.")
+_GRID = config_flags.DEFINE_config_file("config", "configs/benchmark.py:review",
+                                        "With --what=projection: the benchmark grid (configs/benchmark.py:<preset>).")
 flags.DEFINE_integer("batch", None, "Global batch (default 256 on an accelerator, 64 on a CPU).")
 flags.DEFINE_integer("patch", 128, "Patch size in pixels.")
 flags.DEFINE_integer("crop", 112, "View size in pixels.")
@@ -133,7 +139,8 @@ def main(argv: list[str]) -> None:
     results = {"machine": machine()}
     print(f"Machine: {results['machine']}")
     todo = ["augment", "pipeline", "step"] if FLAGS.what == "all" else [FLAGS.what]
-    runners = {"augment": run_augment, "pipeline": run_pipeline, "step": run_step, "e2e": run_e2e}
+    runners = {"augment": run_augment, "pipeline": run_pipeline, "step": run_step, "e2e": run_e2e,
+               "projection": run_projection}
     for what in todo:
         runners[what](results)
     if FLAGS.out:
@@ -159,6 +166,26 @@ def run_e2e(results: dict) -> None:
     _print_table(f"End to end, batch {batch}", ["method", "workers", "step only images/s", "with input images/s",
                                                  "fraction %"], rows)
     results["e2e"] = out
+
+
+def run_projection(results: dict) -> None:
+    from ssl4eo_jax.bench.projection import grid_lines, projection_table
+    from ssl4eo_jax.progress import progress
+
+    config = _GRID.value
+    dtype = FLAGS.dtype or "bfloat16"
+    lines = grid_lines(config, dtype, progress=progress)
+    pre = [line for line in lines if line.what.startswith("pre-train")]
+    _print_table(f"Pre-training runs of configs/benchmark.py:{config.preset} ({dtype} FLOPs from XLA)",
+                 ["run", "steps", "TFLOP/step", "PFLOP"],
+                 [[line.what.removeprefix("pre-train "), line.steps, f"{line.flops_per_step / 1e12:.3f}",
+                   f"{line.pflop:.1f}"] for line in pre])
+    header, rows, total = projection_table(lines)
+    evals = sum(line.pflop for line in lines if line not in pre)
+    _print_table(f"The grid: {len(pre)} pre-trainings ({sum(line.pflop for line in pre):.0f} PFLOP) and "
+                 f"{len(lines) - len(pre)} evaluations ({evals:.0f} PFLOP), {total:.0f} PFLOP in all", header, rows)
+    results["projection"] = {"preset": config.preset, "dtype": dtype, "total_pflop": total, "rows": rows,
+                             "lines": [vars(line) | {"pflop": line.pflop} for line in lines]}
 
 
 if __name__ == "__main__":

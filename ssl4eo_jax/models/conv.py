@@ -10,7 +10,8 @@ to float rounding.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,18 @@ from jax import lax
 
 # Output maps with at most this many pixels use im2col on the CPU.
 SMALL_OUTPUT_PIXELS = 16
+_FORCE_NATIVE = [False]
+
+
+@contextlib.contextmanager
+def native_convolutions() -> Iterator[None]:
+    """Traces inside use the native convolution on the CPU too, as on an accelerator (e.g. to count
+    an accelerator's FLOPs on a CPU: im2col also multiplies the zero padding)."""
+    _FORCE_NATIVE[0] = True
+    try:
+        yield
+    finally:
+        _FORCE_NATIVE[0] = False
 
 
 def _im2col_conv(
@@ -58,6 +71,7 @@ def conv_general_dilated(
     )
     if (
         jax.default_backend() != "cpu"
+        or _FORCE_NATIVE[0]
         or lhs.ndim != 4
         or isinstance(padding, str)
         or feature_group_count != 1
