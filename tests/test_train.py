@@ -1,7 +1,9 @@
 """The training loop: device-count invariance, the whole job in miniature, resume and its guards."""
 
+import glob
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -16,6 +18,7 @@ from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.report import read_metrics
 
 from conftest import tiny_config
+from test_tensorboard import check_events
 
 
 def _losses_on(devices, config, manifest, steps=3):
@@ -38,10 +41,11 @@ def _losses_on(devices, config, manifest, steps=3):
 
 def test_whole_job_writes_results_and_resumes(demo_dir, tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    config = tiny_config(demo_dir)
+    config = tiny_config(demo_dir, **{"train.profile_steps": "2,3"})
     results = train.run(config, workdir)
     printed = capsys.readouterr().out
     assert "| method | kNN (OA %) | linear (OA %) | random-init kNN | random-init linear |" in printed
+    assert f"tensorboard --logdir {os.path.abspath(workdir)}" in printed  # the one-screen end summary
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved["steps"] == 4 and saved["resumed_from"] == 0 and saved["devices"] == 8
     for which in ("pretrained", "random_init"):
@@ -55,6 +59,8 @@ def test_whole_job_writes_results_and_resumes(demo_dir, tmp_path, capsys):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
     # One BN protocol for both encoders, said in results.json.
     assert saved["eval_bn"].startswith("re-estimated on clean train images")
+    # config.train.profile_steps: a jax.profiler trace of steps 2-3.
+    assert glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb"))
 
     # Determinism: the same job again gives identical losses and evaluation metrics.
     again = train.run(tiny_config(demo_dir), str(tmp_path / "again"))
@@ -64,11 +70,14 @@ def test_whole_job_writes_results_and_resumes(demo_dir, tmp_path, capsys):
         for protocol in ("knn", "linear"):
             assert again[which][protocol]["test"] == results[which][protocol]["test"]
 
-    # Training longer with the same workdir resumes from the last checkpoint.
-    longer = tiny_config(demo_dir, **{"train.steps": 6, "eval.enabled": False})
-    results = train.run(longer, workdir)
-    assert results["resumed_from"] == 4 and results["steps"] == 6
-    assert [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3, 4, 5, 6]
+    # Training longer with the same workdir resumes from the last complete checkpoint: here step 2, as
+    # if the run had been killed while writing checkpoint 4 (steps 3-4 are logged again).
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+    results = train.run(tiny_config(demo_dir, **{"train.steps": 6}), workdir)
+    assert results["resumed_from"] == 2 and results["steps"] == 6
+    relogged = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in relogged] == [1, 2, 3, 4, 5, 6]
+    check_events(workdir, relogged, results=results)
 
     # A checkpoint of a different model is refused with the differing keys named.
     other = tiny_config(demo_dir, **{"barlow.projector": (32, 32, 32), "eval.enabled": False})
@@ -85,9 +94,10 @@ def test_unknown_method_is_named(demo_dir):
 def test_the_loop_makes_no_implicit_transfers(demo_dir, tmp_path):
     """With the transfer guard at 'disallow', any accidental host<->device copy in the loop fails."""
     config = tiny_config(demo_dir, **{"train.transfer_guard": "disallow", "eval.enabled": False,
-                                      "train.steps": 3, "train.checkpoint_every": 2})
+                                      "train.steps": 3, "train.checkpoint_every": 2, "train.tensorboard": False})
     results = train.run(config, str(tmp_path / "guarded"))
     assert results["steps"] == 3 and np.isfinite(results["final_metrics"]["loss"])
+    assert not glob.glob(str(tmp_path / "guarded" / "events.out.tfevents.*"))  # config.train.tensorboard=False
 
 
 def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(demo_dir):

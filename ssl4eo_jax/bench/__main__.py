@@ -6,6 +6,8 @@ augment   the on-device view pipeline (two 112 px views of 128 px 13-band patche
 pipeline  ArrayRecord shards -> Grain workers -> device arrays, per worker count, against the step rate
 step      the jitted train step per method: images/s, XLA FLOPs, TFLOP/s, MFU, time breakdown
 e2e       the real input pipeline feeding the train step: images/s and the fraction of step-only speed
+suite     per method: compile time, step and end-to-end images/s, FLOPs, MFU, peak memory, the largest
+          batch that fits (accelerators), the PyTorch step: one command for a short accelerator slot
 projection  a benchmark grid's compute on paper (``--config=configs/benchmark.py:review``): XLA's FLOPs of
           every pre-training step times its steps, plus the evaluations, as hours on one H100 and on a
           TPU v5e-8 slice at 30/45/60 % MFU (nothing is trained; each step is only lowered)
@@ -24,7 +26,7 @@ from ssl4eo_jax.cli_flags import parse_flags
 from ssl4eo_jax.errors import run_guarded
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "projection", "all"], "What to measure.")
+flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "suite", "projection", "all"], "What to measure.")
 _GRID = config_flags.DEFINE_config_file("config", "configs/benchmark.py:review",
                                         "With --what=projection: the benchmark grid (configs/benchmark.py:<preset>).")
 flags.DEFINE_integer("batch", None, "Global batch (default 256 on an accelerator, 64 on a CPU).")
@@ -38,7 +40,8 @@ flags.DEFINE_integer("images", 512, "Images for the host-pipeline measurements."
 flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: known peak of the device).")
 flags.DEFINE_string("workdir", os.path.join(tempfile.gettempdir(), "ssl4eo_jax_bench"), "Where test data is written.")
 flags.DEFINE_string("out", None, "Also write the results as JSON here.")
-flags.DEFINE_bool("torch", True, "With --what=step: also time the PyTorch reference step (needs torch).")
+flags.DEFINE_bool("append_docs", False, "With --what=suite: append the table to docs/benchmarks.md.")
+flags.DEFINE_bool("torch", True, "With --what=step or suite: also time the PyTorch reference step (needs torch).")
 
 
 def _batch() -> int:
@@ -140,7 +143,7 @@ def main(argv: list[str]) -> None:
     print(f"Machine: {results['machine']}")
     todo = ["augment", "pipeline", "step"] if FLAGS.what == "all" else [FLAGS.what]
     runners = {"augment": run_augment, "pipeline": run_pipeline, "step": run_step, "e2e": run_e2e,
-               "projection": run_projection}
+               "suite": run_suite, "projection": run_projection}
     for what in todo:
         runners[what](results)
     if FLAGS.out:
@@ -166,6 +169,27 @@ def run_e2e(results: dict) -> None:
     _print_table(f"End to end, batch {batch}", ["method", "workers", "step only images/s", "with input images/s",
                                                  "fraction %"], rows)
     results["e2e"] = out
+
+
+def run_suite(results: dict) -> None:
+    import sys
+
+    from ssl4eo_jax.bench import fixtures, suite
+    from ssl4eo_jax.progress import progress
+
+    batch = FLAGS.batch or 256
+    root = fixtures.write_shards(os.path.join(FLAGS.workdir, f"shards_{FLAGS.patch}"), max(FLAGS.images, 4 * batch),
+                                 FLAGS.patch)
+    out = suite.run_suite(FLAGS.methods, batch, FLAGS.patch, FLAGS.crop, root, workers=int(FLAGS.workers[-1]),
+                          dtype=FLAGS.dtype, iters=FLAGS.iters, peak_tflops=FLAGS.peak_tflops,
+                          try_largest=True, torch_reference=FLAGS.torch, progress=progress)
+    table = suite.suite_table(out)
+    print(f"\nSuite on {results['machine']['device']}, {FLAGS.crop} px views of {FLAGS.patch} px patches:\n{table}")
+    if FLAGS.append_docs:
+        command = "python -m ssl4eo_jax.bench " + " ".join(sys.argv[1:])
+        suite.append_to_docs(suite.default_docs_path(), results["machine"], command, table)
+        print(f"Appended to {suite.default_docs_path()}")
+    results["suite"] = out
 
 
 def run_projection(results: dict) -> None:

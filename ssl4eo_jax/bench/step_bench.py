@@ -4,6 +4,7 @@ achieved TFLOP/s, MFU and a breakdown into augmentation, forward/backward and up
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any
 
 import jax
@@ -65,7 +66,9 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
     step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)
     batch_arrays = device_batch(batch, patch, bands, 19, mesh)
 
+    began = time.perf_counter()
     compiled = step_fn.lower(state, batch_arrays).compile()
+    compile_s = time.perf_counter() - began
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -113,4 +116,17 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
         "fwd_bwd_ms": 1e3 * fb_s, "update_ms": 1e3 * up_s, "augment_fraction": aug_s / step_s,
         "flops_per_step": flops, "tflops_achieved": achieved, "peak_tflops": peak,
         "mfu": (achieved / peak) if (achieved and peak) else None,  # per device: XLA counts the partitioned program
+        "compile_seconds": compile_s, **memory_use(),
     }
+
+
+def memory_use() -> dict[str, Any]:
+    """Peak device memory of device 0 (``memory_stats``; None on a CPU, which has none) and the
+    process's peak host RSS, both in GiB, so far in this process."""
+    import resource
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    limit = stats.get("bytes_limit")
+    return {"peak_device_gib": peak / 2**30 if peak else None, "device_limit_gib": limit / 2**30 if limit else None,
+            "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}

@@ -1,0 +1,48 @@
+"""``bench --what=suite`` at a tiny size, so that the accelerator suite never rots (issue 15)."""
+
+import json
+
+import jax
+import pytest
+
+from ssl4eo_jax.bench import fixtures, suite
+
+
+def test_suite_measures_every_figure_at_a_tiny_size(tmp_path):
+    shards = fixtures.write_shards(str(tmp_path / "shards"), 32, 36)
+    out = suite.run_suite(["barlow"], 8, 36, 32, shards, workers=0, dtype="float32", iters=1, torch_reference=False)
+    (row,) = out["rows"]  # a CPU reports no memory limit: no largest-batch row
+    assert row["method"] == "barlow" and row["batch"] == 8 and not row["largest"]
+    assert row["images_per_sec"] > 0 and row["e2e_images_per_sec"] > 0 and row["compile_seconds"] > 0
+    assert row["peak_device_gib"] is None and row["peak_host_rss_gib"] > 0.1
+    # XLA's FLOPs of the compiled step, per device (it counts the partitioned program): two 32 px views
+    # of 8 images through ResNet-18 and the 8192-wide projector, forward and backward, are 5.43e9 on one
+    # device (measured; the tiny maps of the last stages go through the CPU's im2col path). Sharded over
+    # the tests' 8 devices, each also repeats the replicated work (the 8192 x 8192 cross-correlation,
+    # the optimizer update): 8.53e9 in all (measured).
+    total = row["flops_per_step"] * jax.device_count()
+    assert total == pytest.approx(5.43e9 if jax.device_count() == 1 else 8.53e9, rel=0.02)
+    assert row["tflops_achieved"] == pytest.approx(row["flops_per_step"] / (row["step_ms"] / 1e3) / 1e12)
+    table = suite.suite_table(out)
+    header, _, values = table.splitlines()[:3]
+    assert [c.strip() for c in header.strip("|").split("|")] == suite.HEADER
+    cells = [c.strip() for c in values.strip("|").split("|")]
+    assert cells[:3] == ["barlow", "8", "float32"] and float(cells[4]) == pytest.approx(row["images_per_sec"], abs=0.06)
+    json.dumps(out)  # the --out file
+
+
+def test_largest_batch_fills_nine_tenths_of_device_memory():
+    measured = {"batch": 256, "peak_device_gib": 10.0, "device_limit_gib": 80.0}
+    assert suite.largest_batch(measured, devices=1) == 1824  # 0.9 x 8 x 256 = 1843, down to a multiple of 32
+    assert suite.largest_batch(measured, devices=8) == 1792  # a multiple of 32 x 8
+    assert suite.largest_batch({"batch": 64, "peak_device_gib": None, "device_limit_gib": None}, 1) is None
+
+
+def test_suite_table_appends_to_the_docs_with_the_device(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n")
+    machine = {"device": "NVIDIA H200", "device_count": 1, "platform": "gpu", "jax": "0.10.2", "host_cpus": 16}
+    suite.append_to_docs(str(docs), machine, "python -m ssl4eo_jax.bench --what=suite", "| a |")
+    text = docs.read_text()
+    assert "### Suite on NVIDIA H200 x1 (gpu, jax 0.10.2, 16 host CPUs)" in text
+    assert "`python -m ssl4eo_jax.bench --what=suite`\n\n| a |" in text
