@@ -166,7 +166,10 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
     config.method = method
     config.seed = 0
     config.distributed = "none"  # none | auto | slurm | tpu | explicit (see ssl4eo_jax/distributed.py)
-    config.cluster = ml_collections.ConfigDict({"coordinator": "", "num_processes": 0, "process_id": -1})
+    config.cluster = ml_collections.ConfigDict({"coordinator": "", "num_processes": 0, "process_id": -1,
+                                                # a process silent this long is taken for dead and the
+                                                # others stop (jax.distributed's heartbeat timeout)
+                                                "heartbeat_seconds": 100})
     config.data = data_config(name)
     config.model = model_config(p["stem"])
 

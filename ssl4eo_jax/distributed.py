@@ -57,6 +57,9 @@ def initialize(config: Any) -> None:
         kwargs = {"cluster_detection_method": mode}
     else:
         kwargs = {}
+    # How long a silent peer may stay silent before the others abort (jax's default is 100 s).
+    cluster = config.get("cluster") or {}
+    kwargs["heartbeat_timeout_seconds"] = int(cluster.get("heartbeat_seconds", 100))
     jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())

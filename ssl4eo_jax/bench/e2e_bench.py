@@ -16,9 +16,9 @@ from ssl4eo_jax.optim import make_optimizer
 
 
 def bench_e2e(method: str, root: str, batch: int, crop: int, workers: int, dtype: str | None = None,
-              iters: int = 5) -> dict[str, Any]:
+              iters: int = 5, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Images/s with batches from Grain (``workers`` processes) and with one resident batch."""
-    config = bench_config(method, batch, crop, dtype)
+    config = bench_config(method, batch, crop, dtype, overrides)
     src = open_split(root, "train")
     mesh = sharding.make_mesh()
     m = get_method(config, TrainLength(1000.0, 100_000), mesh)

@@ -33,12 +33,18 @@ def known_peak_tflops(device: jax.Device) -> float | None:
     return None
 
 
-def bench_config(method: str, batch: int, crop: int, dtype: str | None) -> Any:
+def bench_config(method: str, batch: int, crop: int, dtype: str | None,
+                 overrides: dict[str, Any] | None = None) -> Any:
+    """The method's BigEarthNet config at the given batch, view size and dtype; ``overrides``
+    (``{"model.width": 8}``) shrink it for the tests."""
+    from configs.common import apply_overrides
+
     config = importlib.import_module(f"configs.{method}").get_config("bigearthnet")
     config.data.global_batch = batch
     config.aug.crop_size = crop
     if dtype:
         config.model.dtype = dtype
+    apply_overrides(config, overrides or {})
     return config
 
 
@@ -54,9 +60,10 @@ def device_batch(batch: int, patch: int, bands: int, num_classes: int, mesh: jax
 
 
 def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, dtype: str | None = None,
-               iters: int = 5, peak_tflops: float | None = None) -> dict[str, Any]:
+               iters: int = 5, peak_tflops: float | None = None, overrides: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """Images/s of one method's full train step, its FLOPs, MFU and the time breakdown."""
-    config = bench_config(method, batch, crop, dtype)
+    config = bench_config(method, batch, crop, dtype, overrides)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(batch, mesh)
     m = get_method(config, TrainLength(1000.0, 100_000), mesh)

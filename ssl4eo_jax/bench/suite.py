@@ -37,17 +37,21 @@ def largest_batch(measured: dict[str, Any], devices: int) -> int | None:
 
 def run_suite(methods: list[str], batch: int, patch: int, crop: int, shards: str, workers: int,
               dtype: str | None = None, iters: int = 5, peak_tflops: float | None = None, try_largest: bool = True,
-              torch_reference: bool = True, progress: Callable = lambda x, **_: x) -> dict[str, Any]:
-    """Measures every method; returns {"rows": [...], "torch_reference": ...}."""
+              torch_reference: bool = True, progress: Callable = lambda x, **_: x,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measures every method (``overrides``: config values for every method, e.g. a smaller model for
+    the tests); returns {"rows": [...], "torch_reference": ...}."""
     rows: list[dict[str, Any]] = []
     for method in progress(methods, desc="suite", unit="method"):
-        step = bench_step(method, batch, patch, crop, dtype=dtype, iters=iters, peak_tflops=peak_tflops)
-        e2e = bench_e2e(method, shards, batch, crop, workers=workers, dtype=dtype, iters=iters)
+        step = bench_step(method, batch, patch, crop, dtype=dtype, iters=iters, peak_tflops=peak_tflops,
+                          overrides=overrides)
+        e2e = bench_e2e(method, shards, batch, crop, workers=workers, dtype=dtype, iters=iters, overrides=overrides)
         rows.append({**step, "e2e_images_per_sec": e2e["e2e_images_per_sec"], "largest": False})
         big = largest_batch(step, jax.device_count()) if try_largest else None
         if big and big > batch:
             try:
-                rows.append({**bench_step(method, big, patch, crop, dtype=dtype, iters=iters, peak_tflops=peak_tflops),
+                rows.append({**bench_step(method, big, patch, crop, dtype=dtype, iters=iters, peak_tflops=peak_tflops,
+                                          overrides=overrides),
                              "e2e_images_per_sec": None, "largest": True})
             except Exception as e:  # noqa: BLE001 - out of memory: the estimate was too high, say so
                 rows.append({"method": method, "batch": big, "largest": True, "error": str(e).splitlines()[0][:200]})
