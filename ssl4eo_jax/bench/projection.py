@@ -16,7 +16,6 @@ passes per image per epoch (forward + backward, the usual 1 : 2 ratio).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
@@ -24,6 +23,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ssl4eo_jax.bench.step_bench import xla_flops
+from ssl4eo_jax.errors import ConfigError
 
 # (train, val, test) images and the patch (H, W, bands) as the converters write them.
 REFERENCE_SPLITS = {
@@ -67,7 +69,8 @@ def split_sizes(config: Any, name: str) -> tuple[tuple[int, int, int], tuple[int
         size = int(config.data.get("demo_size", 48))
         return sizes, (size, size, len(VARIANTS[name][0]))
     if name not in REFERENCE_SPLITS:
-        raise ValueError(f"no reference split sizes for {name!r}; pass --config.data.dirs.{name}=<converted dir>")
+        raise ConfigError(f"no reference split sizes for dataset {name!r}; pass --config.data.dirs.{name}=<converted "
+                          "dir> so that its manifest gives them.")
     return REFERENCE_SPLITS[name]
 
 
@@ -83,9 +86,7 @@ def _flops(lower: Any, *args: Any) -> float:
     from ssl4eo_jax.models.conv import native_convolutions
 
     with native_convolutions():
-        cost = lower(*args).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0))
+        return xla_flops(lower(*args))
 
 
 def pretrain_step_flops(cfg: Any, shape: tuple[int, int, int], dtype: str) -> float:
@@ -165,8 +166,3 @@ def projection_table(lines: list[Line]) -> tuple[list[str], list[list[Any]], flo
             + [f"{100 * total * 1e15 / (peak * 1e12 * 24 * 3600):.1f} %"] for name, peak in TARGETS.items()]
     return header, rows, total
 
-
-def write_json(path: str, lines: list[Line], total: float) -> None:
-    with open(path, "w") as f:
-        json.dump({"total_pflop": total, "targets": TARGETS, "mfus": MFUS,
-                   "lines": [{**dataclasses.asdict(line), "pflop": line.pflop} for line in lines]}, f, indent=2)

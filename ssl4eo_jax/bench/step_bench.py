@@ -25,6 +25,13 @@ KNOWN_PEAKS = {
 }
 
 
+def xla_flops(lowered_or_compiled: Any) -> float:
+    """XLA's FLOP count of a lowered or compiled computation (0 where the backend gives none)."""
+    cost = lowered_or_compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
 def known_peak_tflops(device: jax.Device) -> float | None:
     kind = getattr(device, "device_kind", "")
     for prefix, peak in KNOWN_PEAKS.items():
@@ -76,9 +83,7 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
     began = time.perf_counter()
     compiled = step_fn.lower(state, batch_arrays).compile()
     compile_s = time.perf_counter() - began
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = xla_flops(compiled)
 
     holder = {"state": state}
 
