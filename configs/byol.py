@@ -12,8 +12,8 @@ to 0; asymmetric views: blur always on view 1 and with p 0.1 on view 2, solarisa
 (p 0.2), on top of the review's multispectral pipeline (solarisation reflects normalised values
 above the band mean). Epochs: the preset's (100), not the published 300/1000.
 Demo presets (``demo*``, ``ssl4eo_jax/short_run.py``): a warm-up over the first 10 % of the run, as
-every method's demo, and a base target momentum giving an EMA horizon of 5 % of the run (0.909 over
-219 steps), never above 0.996, then the cosine to 1.
+every method's demo, and the largest base target momentum, at most 0.996, whose cosine to 1 leaves e^-3 (5 %)
+of the target's initialisation after the run (0.973005 over 219 steps).
 """
 
 import ml_collections

@@ -17,8 +17,9 @@ pipeline; SGD, lr 0.03 x B/256, momentum 0.9, weight decay 1e-4 (biases and norm
 official parameter groups), per-parameter gradient clipping at 3.0, 10 warm-up epochs (0 to lr as the
 official ``np.linspace``: ``optim.warmup_linspace``) then cosine to min lr 1e-6.
 Demo presets (``demo*``): out_dim 4096 and 4 local crops (a CPU-sized run); by the rules of
-``ssl4eo_jax/short_run.py``, a warm-up over the first 10 % of the run as every method's demo, a base
-teacher momentum giving an EMA horizon of 5 % of the run (0.909 over 219 steps), never above 0.996,
+``ssl4eo_jax/short_run.py``, a warm-up over the first 10 % of the run as every method's demo, the largest base
+teacher momentum, at most 0.996, whose cosine to 1 leaves e^-3 (5 %) of the teacher's initialisation
+after the run (0.973005 over 219 steps),
 and the last layer frozen for the first 1 % of the run instead of one epoch.
 """
 

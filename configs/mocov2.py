@@ -16,8 +16,8 @@ checkpoint (``--config.train.epochs=200``).
 Demo presets (``demo*``: runs of a few hundred steps) derive four settings from the run's size by
 the rules of ``ssl4eo_jax/short_run.py``, logged at start-up: the queue holds at most 20 % of the
 train split as a multiple of the global batch (768 keys for the demo's 4,000 patches at batch
-256); the key momentum gives an EMA horizon 1/(1-m) of 5 % of the run (0.909 over the demo's 219
-steps), never above 0.999; shuffle-BN groups are a quarter of a batch under 256 (the reference's 4
+256); the key momentum is the largest, at most 0.999, that leaves e^-3 (5 %) of the key encoder's
+initialisation after the run (m = exp(-3 / S): 0.986394 over the demo's 219 steps); shuffle-BN groups are a quarter of a batch under 256 (the reference's 4
 GPUs), else 64; a linear warm-up over the first 10 % of the run, as every method's demo.
 """
 

@@ -9,11 +9,17 @@ split size N, the global batch B and the run length S (steps) are known, by thes
 
 1. **Warm-up**: every method warms up linearly over the first ``WARMUP_FRACTION`` (10 %) of the run
    (the published 10 of 100 epochs of BYOL, SimCLR, VICReg and DINO), SGD methods included.
-2. **EMA horizon**: a momentum network (MoCo's key encoder, BYOL's target, DINO's teacher) averages
-   over a horizon 1 / (1 - m) of ``EMA_HORIZON_FRACTION`` (5 %) of the run: m = 1 - 1 / (0.05 S),
-   never above the reference's m (0.999 for MoCo, 0.996 for BYOL and DINO), which it reaches from
-   S = 20,000 (MoCo) or 5,000 (BYOL, DINO) steps. BYOL's and DINO's cosine schedules then take it to
-   1 as usual.
+2. **The momentum network forgets its initialisation, and no faster**: a momentum network (MoCo's
+   key encoder, BYOL's target, DINO's teacher) keeps the reference's base momentum (0.999 for MoCo,
+   0.996 for BYOL and DINO) unless, over the run's S updates of its schedule, it would still hold
+   more than e^-``FORGET_NATS`` (e^-3, 5 %) of its random initialisation at the end (prod_t m_t);
+   then the largest base momentum that leaves exactly that much. Constant m (MoCo):
+   m = exp(-3 / S), 0.9864 over 219 steps; BYOL's and DINO's cosine to 1 average half the base
+   1 - m, so m ~ 1 - 6 / S, 0.9730 over 219 steps. The reference values hold from S = 3,000 (MoCo)
+   and 1,500 (BYOL, DINO) steps, so no real-dataset run is touched. (Until 2026-12-02 this rule was an
+   EMA horizon 1 / (1 - m) of 5 % of the run, 0.909 over 219 steps: it left e^-20 of the
+   initialisation, a target almost equal to the online network, and BYOL's online kNN score on the
+   val split fell from 56.8 at step 50 to 48.0 at step 219; see docs/benchmarks.md.)
 3. **Queue vs dataset**: MoCo's queue K holds at most ``QUEUE_FRACTION`` (20 %) of the train split,
    as a multiple of the global batch (the reference asserts it), at least one batch: K = max(B,
    B floor(0.2 N / B)). A queue of the whole split would hold a query's own older key among its
@@ -40,10 +46,12 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import numpy as np
+
 from ssl4eo_jax.errors import ConfigError
 
 WARMUP_FRACTION = 0.1
-EMA_HORIZON_FRACTION = 0.05
+FORGET_NATS = 3.0
 QUEUE_FRACTION = 0.2
 QUEUE_MAX_AGE = 0.01
 QUEUE_START_FRACTION = 0.15
@@ -72,11 +80,37 @@ class RunSize:
         return self.total_steps / self.steps_per_epoch
 
 
-def ema_momentum(run: RunSize, reference: float) -> tuple[float, str]:
-    horizon = EMA_HORIZON_FRACTION * run.total_steps
-    m = min(reference, 1.0 - 1.0 / horizon) if horizon > 1 else 0.0
-    return round(m, 6), (f"EMA horizon 1/(1-m) = {EMA_HORIZON_FRACTION:.0%} of the {run.total_steps} steps, "
-                         f"at most the reference {reference}")
+def _log_kept(base: float, steps: int, schedule: str) -> float:
+    """log prod_t m_t over ``steps`` updates: the log of the initialisation's share in the target."""
+    t = np.arange(steps)
+    if schedule == "constant":
+        return steps * math.log(base) if base > 0 else -math.inf
+    if schedule == "cosine":  # ssl4eo_jax.methods.targets.cosine_momentum, in float64
+        return float(np.sum(np.log(1.0 + 0.5 * (base - 1.0) * (1.0 + np.cos(np.pi * t / steps)))))
+    raise ConfigError(f"Unknown momentum schedule {schedule!r}; use 'constant' or 'cosine'.")
+
+
+def forgetting_momentum(run: RunSize, reference: float, schedule: str) -> tuple[float, str]:
+    """Rule 2: the reference base momentum, or the largest one whose schedule over the run leaves
+    at most e^-FORGET_NATS of the initialisation in the momentum network."""
+    steps = run.total_steps
+    why = (f"the momentum network keeps <= e^-{FORGET_NATS:g} of its initialisation after the {steps} "
+           f"{schedule} updates; at most the reference {reference}")
+    if _log_kept(reference, steps, schedule) <= -FORGET_NATS:
+        return reference, why
+    lo, hi = 0.0, reference
+    for _ in range(60):  # bisection: log kept share grows with the base momentum
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _log_kept(mid, steps, schedule) <= -FORGET_NATS else (lo, mid)
+    return math.floor(lo * 1e6) / 1e6, why
+
+
+def _momentum_rule(method: str, key: str, schedule: str) -> Callable[[RunSize, Any], tuple[Any, str]]:
+    """Rule 2 for ``method.key``, with the method's ``momentum_schedule`` (``schedule`` if it has none:
+    DINO's teacher always follows the cosine)."""
+    path = f"{method}.{key}"
+    return lambda run, config: forgetting_momentum(
+        run, REFERENCE[path], str(config[method].get("momentum_schedule", schedule)))
 
 
 def warmup_epochs(run: RunSize) -> tuple[float, str]:
@@ -137,18 +171,23 @@ def frozen_epochs(run: RunSize) -> tuple[float, str]:
     return steps / run.steps_per_epoch, f"{steps} step(s): {why}"
 
 
-RULES: dict[str, Callable[[RunSize], tuple[Any, str]]] = {
-    "optim.warmup_epochs": warmup_epochs,
-    "mocov2.queue_size": moco_queue,
-    "mocov2.momentum": lambda run: ema_momentum(run, REFERENCE["mocov2.momentum"]),
-    "mocov2.bn_group_size": moco_bn_group,
-    "byol.momentum": lambda run: ema_momentum(run, REFERENCE["byol.momentum"]),
-    "dino.momentum_teacher": lambda run: ema_momentum(run, REFERENCE["dino.momentum_teacher"]),
-    "dino.freeze_last_layer": frozen_epochs,
-    "swav.prototypes": swav_prototypes,
-    "swav.queue_length": swav_queue_length,
-    "swav.epoch_queue_starts": swav_queue_start,
-    "swav.freeze_prototypes_niters": frozen_steps,
+def _size_rule(rule: Callable[[RunSize], tuple[Any, str]]) -> Callable[[RunSize, Any], tuple[Any, str]]:
+    return lambda run, config: rule(run)
+
+
+# Each rule gets the run's size and the config (the momentum rules read their method's schedule).
+RULES: dict[str, Callable[[RunSize, Any], tuple[Any, str]]] = {
+    "optim.warmup_epochs": _size_rule(warmup_epochs),
+    "mocov2.queue_size": _size_rule(moco_queue),
+    "mocov2.momentum": _momentum_rule("mocov2", "momentum", "constant"),
+    "mocov2.bn_group_size": _size_rule(moco_bn_group),
+    "byol.momentum": _momentum_rule("byol", "momentum", "cosine"),
+    "dino.momentum_teacher": _momentum_rule("dino", "momentum_teacher", "cosine"),
+    "dino.freeze_last_layer": _size_rule(frozen_epochs),
+    "swav.prototypes": _size_rule(swav_prototypes),
+    "swav.queue_length": _size_rule(swav_queue_length),
+    "swav.epoch_queue_starts": _size_rule(swav_queue_start),
+    "swav.freeze_prototypes_niters": _size_rule(frozen_steps),
 }
 
 
@@ -176,7 +215,7 @@ def resolve(config: Any, run: RunSize) -> list[str]:
     for path, rule in RULES.items():
         present, value = _get(config, path)
         if present and value is None:
-            derived, why = rule(run)
+            derived, why = rule(run, config)
             _set(config, path, derived)
             lines.append(f"{path} = {derived:g} ({why})" if isinstance(derived, float) else f"{path} = {derived} ({why})")
     return lines
