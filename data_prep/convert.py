@@ -23,7 +23,7 @@ import numpy as np
 
 from data_prep.writer import BadPatch, PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.data.manifest import DatasetError, write_manifest
-from ssl4eo_jax.errors import run_guarded
+from ssl4eo_jax.errors import OneLineArgumentParser, run_guarded
 
 FINGERPRINT_NAME = "conversion.json"
 SKIPPED_NAME = "skipped.json"
@@ -34,7 +34,7 @@ SHARD_TARGET_BYTES = 128 << 20  # uncompressed image bytes per shard when --reco
 
 def converter_parser(doc: str) -> argparse.ArgumentParser:
     """A parser whose help shows the converter's docstring, with the flags every converter has."""
-    return add_common_args(argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter))
+    return add_common_args(OneLineArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

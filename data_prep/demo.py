@@ -28,7 +28,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import os
@@ -39,6 +38,7 @@ from data_prep.writer import PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.cache import cache_dir as ssl4eo_cache_dir
 from ssl4eo_jax.data.manifest import MANIFEST_NAME, write_manifest
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.errors import OneLineArgumentParser
 
 VERSION = "1"
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -313,7 +313,7 @@ def _cache_intact(out: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m data_prep.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--train", type=int, default=DEFAULT_SIZES["train"])
     parser.add_argument("--val", type=int, default=DEFAULT_SIZES["val"])

@@ -8,13 +8,13 @@ multi-date record), titled with each patch's id and labels.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 
 from ssl4eo_jax.data import open_split
 from ssl4eo_jax.data.manifest import Manifest, load_manifest
+from ssl4eo_jax.errors import OneLineArgumentParser
 
 RGB = ("B04", "B03", "B02")
 
@@ -84,7 +84,7 @@ def preview(root: str, split: str, count: int, path: str, seed: int = 0) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m data_prep.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="a converted dataset directory")
     parser.add_argument("--split", default=None, help="split to preview (default: train, else the first)")
     parser.add_argument("--count", type=int, default=16, help="patches in the preview grid")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.bands import S2_BANDS, canonical_band, s2_sorted
+from data_prep.bands import canonical_band, s2_sorted
 from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import raster_info, read_raster
 from data_prep.resample import METHODS, resample_window, source_window

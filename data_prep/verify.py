@@ -14,7 +14,6 @@ as far as they allow (presence, total count and, with ``--full``, every record),
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -27,6 +26,7 @@ from ssl4eo_jax.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_ma
 from ssl4eo_jax.data.records import decode_header, decode_record
 from ssl4eo_jax.progress import ProgressBar
 from ssl4eo_jax.progress import progress as progress_bar
+from ssl4eo_jax.errors import OneLineArgumentParser
 
 READ_CHUNK = 256  # records read at once with --full
 MAX_RECORD_PROBLEMS = 5  # per shard; the rest are counted in one line
@@ -226,7 +226,7 @@ def summary_table(reports: list[SplitReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m data_prep.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="a converted dataset directory (with manifest.json)")
     parser.add_argument("--full", action="store_true",
                         help="also read and decode every record (shape, dtype, labels, ids)")

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from ssl4eo_jax.progress import progress as progress_bar

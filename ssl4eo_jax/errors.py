@@ -8,6 +8,7 @@ shows the traceback instead, for debugging.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import re
@@ -93,6 +94,23 @@ def user_message(exc: BaseException) -> str | None:
             paths = re.findall(r'"(/[^"]+)"', str(e))
             return _os_error_text(OSError(errno.ENOSPC, "No space left on device", paths[-1] if paths else None))
     return None
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose command-line errors (a missing, unknown or malformed
+    argument) are one ``error: ...`` line naming the program, the argument and ``--help``, exit 1.
+    Run as ``python -m package.module``, the program is named so."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        if "prog" not in kwargs and sys.argv and sys.argv[0].endswith(".py"):
+            path = os.path.abspath(sys.argv[0])
+            module = os.path.splitext(os.path.basename(path))[0]
+            kwargs["prog"] = f"python -m {os.path.basename(os.path.dirname(path))}.{module}"
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(1)
 
 
 def verbose_requested(argv: list[str] | None = None) -> bool:

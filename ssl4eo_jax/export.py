@@ -15,11 +15,10 @@ projector is added under ``projector.`` as a ``torch.nn.Sequential`` state_dict.
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
-from ssl4eo_jax.errors import UserError, run_guarded
+from ssl4eo_jax.errors import OneLineArgumentParser, UserError, run_guarded
 from ssl4eo_jax.interop.loading import SIDECAR_MARK, sidecar_path
 from ssl4eo_jax.interop.normalisation import Normalisation
 from ssl4eo_jax.interop.projector import projector_to_state_dict, torch_code
@@ -103,7 +102,7 @@ def export_checkpoint(checkpoint: str, to: str, fmt: str = "timm", with_projecto
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ssl4eo_jax.export", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m ssl4eo_jax.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a run's workdir, its checkpoints/ dir or a step dir")
     parser.add_argument("--to", required=True, help="output weights file: .safetensors, .pth or .pt")
     parser.add_argument("--format", default="timm", choices=FORMATS, help="the loading recipe in the sidecar")

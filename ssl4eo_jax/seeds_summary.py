@@ -9,7 +9,6 @@ seeds, and whether the pre-trained encoder beats random init on both protocols i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ssl4eo_jax.report import format_table, write_json
+from ssl4eo_jax.errors import OneLineArgumentParser
 
 PROTOCOLS = (("pretrained", "knn"), ("pretrained", "linear"), ("random_init", "knn"), ("random_init", "linear"))
 
@@ -66,7 +66,7 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m ssl4eo_jax.seeds_summary", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (each with results.json and config.json)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="also write the per-seed values and statistics to this JSON file")

@@ -149,6 +149,21 @@ def test_converter_on_a_missing_folder(tmp_path):
     assert not out.exists()
 
 
+ARGPARSE_PROGRAMS = ("data_prep.eurosat", "data_prep.bigearthnet", "data_prep.so2sat", "data_prep.sen12ms",
+                     "data_prep.tfds", "data_prep.scenes", "data_prep.ssl4eo_s12", "data_prep.verify",
+                     "data_prep.inspect", "data_prep.demo", "ssl4eo_jax.export", "ssl4eo_jax.seeds_summary")
+
+
+@pytest.mark.parametrize("module", ARGPARSE_PROGRAMS)
+def test_argparse_mistakes_give_one_line(module):
+    """An unknown argument (and, for programs with required ones, their absence) is one line that names
+    the program, the argument and --help, with exit status 1; argparse's own is a usage block and 2."""
+    proc = run_cli(module, "--no-such-flag=1")
+    line = assert_one_line(proc, f"python -m {module}", "--help")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "required" in line or "--no-such-flag" in line, line
+
+
 def test_demo_generator_into_a_file(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

@@ -1,7 +1,6 @@
 """The benchmark driver at its smallest scale: every experiment, every cell recorded, resume by skipping."""
 
 import json
-import logging
 import os
 
 import pytest

@@ -10,7 +10,6 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from ssl4eo_jax import sharding, train
 from ssl4eo_jax.data import load_manifest
