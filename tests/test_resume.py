@@ -34,6 +34,20 @@ def _final_state(workdir: str):
     return ocp.StandardCheckpointer().restore(os.path.abspath(path))
 
 
+def _session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (Linux /proc), zombies excluded."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+            pids.append(int(name))
+    return pids
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -81,11 +95,17 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(demo_di
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     killed = str(tmp_path / "killed")
-    # Its own session: the data-loader worker that SIGKILL orphans is killed with its group after.
+    # Its own session, to find its Grain worker: the worker must end by itself (worker_exit.py) once
+    # the run is SIGKILLed; the group is killed after in any case.
     proc = subprocess.Popen(_command(killed, demo_dir), cwd=ROOT, env=dict(env, **{FAULT_ENV: str(2 * EVERY)}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     proc.wait(timeout=600)
+    deadline = time.time() + 10
+    while _session_processes(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    left = _session_processes(proc.pid)
     _kill_group(proc.pid)
+    assert not left, f"processes of the killed run still alive 10 s after it: {left}"
     assert proc.returncode == -signal.SIGKILL
     folders = os.listdir(os.path.join(killed, "checkpoints"))
     assert str(EVERY) in folders and str(2 * EVERY) not in folders, folders

@@ -29,6 +29,7 @@ import numpy as np
 from ssl4eo_jax import sharding
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.data.worker_exit import exit_with_parent
 
 TRAIN_KEYS = ("image", "label", "multi_hot", "index")
 
@@ -119,7 +120,8 @@ class DeviceIterator:
         _quiet_resource_tracker()
         it_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
         if workers > 0:
-            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+                                      worker_init_fn=exit_with_parent)
         self._iter = iter(it_ds)
         self._mesh = mesh
         self._keys = keys
