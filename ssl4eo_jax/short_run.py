@@ -82,10 +82,10 @@ class RunSize:
 
 def _log_kept(base: float, steps: int, schedule: str) -> float:
     """log prod_t m_t over ``steps`` updates: the log of the initialisation's share in the target."""
-    t = np.arange(steps)
     if schedule == "constant":
         return steps * math.log(base) if base > 0 else -math.inf
     if schedule == "cosine":  # ssl4eo_jax.methods.targets.cosine_momentum, in float64
+        t = np.arange(steps)
         return float(np.sum(np.log(1.0 + 0.5 * (base - 1.0) * (1.0 + np.cos(np.pi * t / steps)))))
     raise ConfigError(f"Unknown momentum schedule {schedule!r}; use 'constant' or 'cosine'.")
 
@@ -109,8 +109,14 @@ def _momentum_rule(method: str, key: str, schedule: str) -> Callable[[RunSize, A
     """Rule 2 for ``method.key``, with the method's ``momentum_schedule`` (``schedule`` if it has none:
     DINO's teacher always follows the cosine)."""
     path = f"{method}.{key}"
-    return lambda run, config: forgetting_momentum(
-        run, REFERENCE[path], str(config[method].get("momentum_schedule", schedule)))
+
+    def rule(run: RunSize, config: Any) -> tuple[Any, str]:
+        chosen = str(config[method].get("momentum_schedule", schedule))
+        if chosen not in ("constant", "cosine"):
+            raise ConfigError(f"config.{method}.momentum_schedule={chosen!r}: use 'constant' or 'cosine'.")
+        return forgetting_momentum(run, REFERENCE[path], chosen)
+
+    return rule
 
 
 def warmup_epochs(run: RunSize) -> tuple[float, str]:

@@ -86,3 +86,10 @@ def test_values_set_on_the_command_line_are_kept():
 def test_real_dataset_presets_resolve_nothing(method):
     config, lines = _resolved(method, short_run.RunSize(269_695, 256, 105_300), "bigearthnet")
     assert lines == [] and short_run.unresolved(config) == []
+
+
+def test_unknown_momentum_schedule_names_the_key():
+    config = importlib.import_module("configs.mocov2").get_config(None)
+    config.mocov2.momentum_schedule = "linear"
+    with pytest.raises(short_run.ConfigError, match=r"config\.mocov2\.momentum_schedule='linear'"):
+        short_run.resolve(config, DEMO)
