@@ -79,8 +79,13 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             # A write cut short (SIGKILL, power loss) leaves only a temporary folder, removed here.
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-                                                 cleanup_tmp_directories=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+                # Orbax names its cross-process barriers after the step; two managers of one run
+                # (the checkpoints and the best one) saving the same step would share them, and one
+                # process could pass a barrier before the other wrote its part. Prefix with the folder.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=subdir),
+            ),
             item_names=("state", "data", "config", "info"),
         )
 

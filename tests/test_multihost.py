@@ -75,3 +75,23 @@ def test_two_processes_match_one_process(demo_dir, tmp_path):
     # Every process wrote its own data-iterator state into the checkpoint.
     data = os.listdir(os.path.join(multi, "checkpoints", str(STEPS), "data"))
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data)
+
+
+def test_checkpoint_managers_of_one_run_have_their_own_barriers(tmp_path):
+    """Orbax names its cross-process barriers after the step (``async_write_complete.4``). The run's
+    two managers (``checkpoints`` and the monitor's ``checkpoints_best``) save the same steps, so
+    without a prefix of their own they shared barriers: a process passed one before the other had
+    written its part ("ArrayMetadata Store contains metadata from just one process"), or the
+    coordinator refused it ("Barrier _async_write_complete.4 is already ongoing"), in 2 of 9
+    two-process runs on a 2-core Xeon."""
+    from orbax.checkpoint._src.multihost import multihost
+
+    from ssl4eo_jax.checkpoint import Checkpointer
+
+    managers = [Checkpointer(str(tmp_path)), Checkpointer(str(tmp_path), keep=1, subdir="checkpoints_best")]
+    keys = [multihost.unique_barrier_key("async_write_complete", suffix="4",
+                                         prefix=c.manager._multiprocessing_options.barrier_sync_key_prefix)
+            for c in managers]
+    for c in managers:
+        c.close()
+    assert keys == ["checkpoints_async_write_complete.4", "checkpoints_best_async_write_complete.4"]

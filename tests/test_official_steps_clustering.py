@@ -26,6 +26,10 @@ elements near 0 (BN shifts, which start at 0; running means) cannot meet a relat
 1e-4 of the tensor's scale is the same bound as ``rtol``, measured on the tensor (as in
 ``test_official_steps_siamese``). ``ATOL_FLOOR`` (1e-9) covers tensors that are 0 up to round-off:
 SwAV's projector bias before BatchNorm has no gradient (BN removes it), ours drifts by ~1e-10.
+SwAV's official step also runs in float32, and where that run's own error on a tensor (or on the
+queue) is larger than these bounds, ours may be up to twice it (``harness.official_noise``): the
+round-off depends on the CPU's kernels (the queue after step 3 is 1.26e-4 of its rows' norm from
+the float64 result in the official code's own float32 run on an AVX-512 Xeon).
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ def _np(x: Any) -> np.ndarray:
     return np.array(x)  # a writable copy (device_get arrays are read-only; torch.from_numpy warns)
 
 
-def _torch_views(step_views: list[np.ndarray]) -> list[torch.Tensor]:
-    """NHWC numpy views -> NCHW torch tensors of ``DTYPE``."""
-    return [torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2))).to(DTYPE) for v in step_views]
+def _torch_views(step_views: list[np.ndarray], dtype: torch.dtype = DTYPE) -> list[torch.Tensor]:
+    """NHWC numpy views -> NCHW torch tensors of ``dtype``."""
+    return [torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2))).to(dtype) for v in step_views]
 
 
 def _torch_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,12 +78,23 @@ def _encoder(params: Any, batch_stats: Any) -> torch.nn.Module:
     return harness.torch_encoder({"params": params["encoder"], "batch_stats": batch_stats["encoder"]})
 
 
-def _assert_close(ours: dict[str, np.ndarray], theirs: dict[str, torch.Tensor], what: str = "") -> None:
-    """``harness.assert_close`` per tensor of ``theirs``, with ``atol`` ATOL_SCALE x its scale."""
+def _assert_close(ours: dict[str, np.ndarray], theirs: dict[str, torch.Tensor], what: str = "",
+                  noise: dict[str, float] | None = None) -> None:
+    """``harness.assert_close`` per tensor of ``theirs``, with ``atol`` ATOL_SCALE x its scale (or
+    ``noise``'s bound, ``harness.official_noise``, where larger)."""
     for key, value in theirs.items():
         scale = float(value.detach().abs().max()) if value.numel() else 0.0
         harness.assert_close({key: ours[key]}, {key: value}, rtol=RTOL, atol=ATOL_SCALE * scale + ATOL_FLOOR,
-                             what=what)
+                             what=what, noise=noise)
+
+
+def _max_row_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """The largest distance between corresponding rows, relative to the row's norm in ``theirs``
+    (rows that are 0 in ``theirs`` are left out)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    norm = np.linalg.norm(theirs, axis=-1)
+    err = np.linalg.norm(ours - theirs, axis=-1)
+    return float(np.max(err[norm > 0] / norm[norm > 0], initial=0.0))
 
 
 def _assert_rows_close(ours: np.ndarray, theirs: np.ndarray, rtol: float = RTOL, what: str = "") -> None:
@@ -127,7 +142,7 @@ def _swav_theirs(model: official_swav.SwAVResNet) -> dict[str, torch.Tensor]:
     return state
 
 
-def _swav_torch(initial: Any, config: Any) -> official_swav.SwAVResNet:
+def _swav_torch(initial: Any, config: Any, dtype: torch.dtype = DTYPE) -> official_swav.SwAVResNet:
     p, s = initial["params"], initial["batch_stats"]
     head, cfg = p["projector"], config.swav
     projection_head = torch.nn.Sequential(
@@ -140,7 +155,36 @@ def _swav_torch(initial: Any, config: Any) -> official_swav.SwAVResNet:
         projection_head[1].running_mean.copy_(torch.from_numpy(_np(s["projector"]["bn0"]["mean"])))
         projection_head[1].running_var.copy_(torch.from_numpy(_np(s["projector"]["bn0"]["var"])))
     prototypes = harness.torch_linear(p["prototypes"]["kernel"])
-    return official_swav.SwAVResNet(_encoder(p, s), projection_head, prototypes).to(DTYPE)
+    return official_swav.SwAVResNet(_encoder(p, s), projection_head, prototypes).to(dtype)
+
+
+def _swav_official(initial: Any, config: Any, views: list[list[np.ndarray]], steps_per_epoch: int, total_steps: int,
+                   dtype: torch.dtype) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
+    """The official SwAV steps on ``views`` in ``dtype``: per step the loss, lr, whether the queue was
+    used, the model's state and the queue; and the prototypes before and after the first step."""
+    model = _swav_torch(initial, config, dtype)
+    # The official lr schedule for the same step. Ours scales lr linearly with the batch (a
+    # documented choice; the reference does not scale), so the reference lr is given our base value.
+    base_lr, epochs = float(config.optim.lr), total_steps // steps_per_epoch
+    trainer = official_swav.SwAVTrainer(
+        model, lambda it: official_swav.ssl4eo_cosine_lr(base_lr, it // steps_per_epoch, epochs),
+        weight_decay=float(config.optim.weight_decay), momentum=float(config.optim.momentum),
+        nmb_crops=(2,), crops_for_assign=(0, 1), temperature=float(config.swav.temperature),
+        epsilon=float(config.swav.epsilon), sinkhorn_iterations=int(config.swav.sinkhorn_iterations),
+        queue_length=int(config.swav.queue_length), epoch_queue_starts=int(config.swav.epoch_queue_starts),
+        freeze_prototypes_niters=int(config.swav.freeze_prototypes_niters), feat_dim=int(config.swav.feat_dim),
+        niter_per_epoch=steps_per_epoch,
+    )
+    # (``train`` renormalises them at each iteration's start: our unit-norm columns, up to rounding)
+    initial_prototypes = torch.nn.functional.normalize(model.prototypes.weight.detach(), dim=1, p=2)
+    out = []
+    for it, step_views in enumerate(views):
+        loss = trainer.train_step(_torch_views(step_views, dtype), it)
+        out.append({"loss": loss, "lr": trainer.optimizer.param_groups[0]["lr"], "used": trainer.use_the_queue,
+                    "state": _swav_theirs(model), "queue": trainer.queue.detach().double().numpy().copy()})
+        if it == 0:
+            after_first = model.prototypes.weight.detach().clone()
+    return out, initial_prototypes, after_first
 
 
 def test_swav_matches_official_train_step():
@@ -148,7 +192,11 @@ def test_swav_matches_official_train_step():
     ``src/resnet50.py`` ``ResNet.forward``/``forward_head``), plain SGD as the SSL4EO review's
     ``src/bigearthnet_B12_swav_train.py``: 3 steps with the queue filled by steps 1-2 and used at
     step 3, the prototypes frozen at step 1 and trained at steps 2-3, the per-epoch cosine lr
-    changing every step (one step per epoch)."""
+    changing every step (one step per epoch).
+
+    The official step also runs in float32: where its own round-off is larger than the fixed
+    tolerances (the queue written at step 3: rows 1.26e-4 of their norm from the float64 result on
+    an AVX-512 Xeon, ours 1.17e-4), ours is held to twice it (``harness.official_noise``)."""
     steps_per_epoch, total_steps = 1, 6  # 6 epochs of 1 step: lr 1, 0.93, 0.75 x base
     batch = harness.BATCH
     config = harness.method_config(
@@ -162,38 +210,25 @@ def test_swav_matches_official_train_step():
     views = harness.fixed_views(STEPS, 2)
     initial, states, metrics = harness.run_jax(config, views, steps_per_epoch, total_steps)
 
-    model = _swav_torch(initial, config)
-    _assert_close(_swav_ours(initial), _swav_theirs(model), what="initial ")
-    # The official lr schedule for the same step. Ours scales lr linearly with the batch (a
-    # documented choice; the reference does not scale), so the reference lr is given our base value.
-    base_lr, epochs = float(config.optim.lr), total_steps // steps_per_epoch
-    trainer = official_swav.SwAVTrainer(
-        model, lambda it: official_swav.ssl4eo_cosine_lr(base_lr, it // steps_per_epoch, epochs),
-        weight_decay=float(config.optim.weight_decay), momentum=float(config.optim.momentum),
-        nmb_crops=(2,), crops_for_assign=(0, 1), temperature=float(config.swav.temperature),
-        epsilon=float(config.swav.epsilon), sinkhorn_iterations=int(config.swav.sinkhorn_iterations),
-        queue_length=int(config.swav.queue_length), epoch_queue_starts=int(config.swav.epoch_queue_starts),
-        freeze_prototypes_niters=int(config.swav.freeze_prototypes_niters), feat_dim=int(config.swav.feat_dim),
-        niter_per_epoch=steps_per_epoch,
-    )
-
-    # (``train`` renormalises them at each iteration's start: our unit-norm columns, up to rounding)
-    initial_prototypes = torch.nn.functional.normalize(model.prototypes.weight.detach(), dim=1, p=2)
-    used = []
-    for it in range(STEPS):
-        loss = trainer.train_step(_torch_views(views[it]), it)
-        used.append(trainer.use_the_queue)
-        np.testing.assert_allclose(metrics[it]["lr"], trainer.optimizer.param_groups[0]["lr"], rtol=1e-6)
-        np.testing.assert_allclose(metrics[it]["loss"], loss, rtol=RTOL, err_msg=f"loss at step {it}")
-        _assert_close(_swav_ours(states[it]), _swav_theirs(model), what=f"step {it}: ")
-        _assert_rows_close(states[it]["extra"]["queue"], trainer.queue.numpy(), what=f"queue at step {it}")
-        if it == 0:  # frozen: not even weight decay or momentum touched them
-            torch.testing.assert_close(model.prototypes.weight.detach(), initial_prototypes, rtol=0, atol=0)
+    _assert_close(_swav_ours(initial), _swav_theirs(_swav_torch(initial, config)), what="initial ")
+    exact, initial_prototypes, after_first = _swav_official(initial, config, views, steps_per_epoch, total_steps,
+                                                            DTYPE)
+    rounded, _, _ = _swav_official(initial, config, views, steps_per_epoch, total_steps, torch.float32)
+    for it, (theirs, theirs32) in enumerate(zip(exact, rounded, strict=True)):
+        np.testing.assert_allclose(metrics[it]["lr"], theirs["lr"], rtol=1e-6)
+        np.testing.assert_allclose(metrics[it]["loss"], theirs["loss"], rtol=RTOL, err_msg=f"loss at step {it}")
+        _assert_close(_swav_ours(states[it]), theirs["state"], what=f"step {it}: ",
+                      noise=harness.official_noise(theirs["state"], theirs32["state"]))
+        queue_noise = harness.NOISE_FACTOR * _max_row_error(theirs32["queue"], theirs["queue"])
+        _assert_rows_close(states[it]["extra"]["queue"], theirs["queue"], rtol=max(RTOL, queue_noise),
+                           what=f"queue at step {it}")
+    # frozen at step 1: not even weight decay or momentum touched them
+    torch.testing.assert_close(after_first, initial_prototypes, rtol=0, atol=0)
     # The scenario the test is meant to cover did happen: the queue is used at step 3 only, and
     # the prototypes moved once unfrozen.
-    assert used == [False, False, True]
+    assert [t["used"] for t in exact] == [False, False, True]
     assert [m["queue_used"] for m in metrics] == [0.0, 0.0, 1.0]
-    assert not torch.allclose(_swav_theirs(model)["prototypes.weight"], initial_prototypes, atol=1e-4)
+    assert not torch.allclose(exact[-1]["state"]["prototypes.weight"], initial_prototypes, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------- DINO

@@ -5,6 +5,8 @@ Our ``train.update_step`` and a PyTorch re-implementation of the official traini
 google-research/simclr) start from the same weights, see the same fixed views (no augmentation)
 and take 3 optimizer steps at a learning rate that changes between steps; losses, parameters, BN
 running statistics and the methods' state (key encoder, queue) agree to 1e-4 relative in float32.
+MoCo's official step runs in float64 (the reference) and in float32: where the official code's own
+float32 round-off exceeds the fixed tolerance, ours is held to twice it (``harness.official_noise``).
 
 Hyperparameters are chosen so that the 3 steps move the compared quantities by several times the
 tolerance (asserted by ``_assert_moved``) while staying where float32 round-off is not amplified
@@ -81,7 +83,7 @@ def moco_run(moco_views):
     return config, harness.run_jax(config, moco_views, MOCO_SPE, MOCO_TOTAL)
 
 
-def _torch_moco(config, initial, n_gpus: int) -> official_moco.MoCo:
+def _torch_moco(config, initial, n_gpus: int, dtype: torch.dtype = torch.float32) -> official_moco.MoCo:
     params, stats = initial["params"], initial["batch_stats"]
     # Our key network starts as a copy of the query network (the official copies the parameters
     # and has fresh buffers: the same initial statistics).
@@ -94,7 +96,7 @@ def _torch_moco(config, initial, n_gpus: int) -> official_moco.MoCo:
                                 harness.torch_linear(head["linear1"]["kernel"], head["linear1"]["bias"]))
     queue = torch.from_numpy(np.array(initial["extra"]["queue"]).T)  # ours (K, D), official (D, K)
     return official_moco.MoCo(official_moco.EncoderWithHead(encoder, fc), queue, m=config.mocov2.momentum,
-                              T=config.mocov2.temperature, n_gpus=n_gpus)
+                              T=config.mocov2.temperature, n_gpus=n_gpus).to(dtype)
 
 
 def _moco_ours(state) -> dict[str, np.ndarray]:
@@ -112,24 +114,25 @@ def _moco_ours(state) -> dict[str, np.ndarray]:
     return {k: v for k, v in out.items() if not k.endswith("num_batches_tracked")}
 
 
-def _assert_moco_close(ours: dict[str, np.ndarray], theirs: dict[str, object], rtol: float, what: str) -> None:
-    """Every tensor to ``rtol`` (atol 1e-6); the queue per key, to 1e-4 of its norm: the keys are
-    unit vectors, float32 round-off through BN over 4-example groups leaves ~2e-5 per entry (1.7e-5
-    between the official code in float32 and in float64 at the first step), and an entry near 0
-    has no meaningful relative error."""
+def _assert_moco_close(ours: dict[str, np.ndarray], theirs: dict[str, object], rtol: float, what: str,
+                       noise: dict[str, float] | None = None) -> None:
+    """Every tensor to ``rtol`` (atol 1e-6, or ``noise``'s bound where larger); the queue per key, to
+    1e-4 of its norm (or ``noise``'s): the keys are unit vectors, float32 round-off through BN over
+    4-example groups leaves ~2e-5 per entry (1.7e-5 between the official code in float32 and in
+    float64 at the first step), and an entry near 0 has no meaningful relative error."""
     theirs = dict(theirs)
-    queue = theirs.pop("queue")
-    queue = queue.numpy() if isinstance(queue, torch.Tensor) else np.asarray(queue)
-    np.testing.assert_array_less(np.linalg.norm(ours["queue"] - queue, axis=0), 1e-4, err_msg=f"{what}queue")
-    harness.assert_close(ours, theirs, rtol=rtol, atol=1e-6, what=what)
+    queue = harness.as_numpy(theirs.pop("queue"))
+    np.testing.assert_array_less(np.linalg.norm(ours["queue"] - queue, axis=0), max(1e-4, (noise or {}).get("queue", 0)),
+                                 err_msg=f"{what}queue")
+    harness.assert_close(ours, theirs, rtol=rtol, atol=1e-6, what=what, noise=noise)
 
 
-def _run_torch_moco(config, initial, views, shuffle: bool
+def _run_torch_moco(config, initial, views, shuffle: bool, dtype: torch.dtype = torch.float32
                     ) -> tuple[official_moco.MoCo, list[float], list[float]]:
-    """The official step on ``views``: the model after the steps, the losses and the lrs."""
+    """The official step on ``views`` in ``dtype``: the model after the steps, the losses and the lrs."""
     group = config.mocov2.bn_group_size
     n_gpus = harness.BATCH // group if shuffle else 1  # shuffle_bn=False: global BN, i.e. one "GPU"
-    model = _torch_moco(config, initial, n_gpus)
+    model = _torch_moco(config, initial, n_gpus, dtype)
     method = get_method(config, TrainLength(MOCO_SPE, MOCO_TOTAL))
     optimizer = official_moco.make_optimizer(model, float(config.optim.lr), config.optim.momentum,
                                              config.optim.weight_decay)
@@ -144,20 +147,26 @@ def _run_torch_moco(config, initial, views, shuffle: bool
                 if shuffle else torch.arange(harness.BATCH))
         if shuffle:  # the keys' BN groups mix examples of different query groups
             assert any(len({int(i) // group for i in g}) > 1 for g in perm.view(-1, group))
-        losses.append(official_moco.train_step(model, optimizer, _nchw(im_q), _nchw(im_k), perm))
+        losses.append(official_moco.train_step(model, optimizer, _nchw(im_q).to(dtype), _nchw(im_k).to(dtype), perm))
     return model, losses, lrs
 
 
 def _check_moco(config, run, views, shuffle: bool) -> None:
+    """Ours against the official step run in float64, within 1e-4 or, where larger, twice the
+    official float32 run's own round-off (``harness.official_noise``)."""
     initial, states, metrics = run
-    model, losses, lrs = _run_torch_moco(config, initial, views, shuffle)
+    model, losses, lrs = _run_torch_moco(config, initial, views, shuffle, torch.float64)
+    model32, _, _ = _run_torch_moco(config, initial, views, shuffle, torch.float32)
     assert len(set(lrs)) == STEPS, lrs  # the lr changes at every step
     np.testing.assert_allclose([m["lr"] for m in metrics], lrs, rtol=1e-6)
     np.testing.assert_allclose([m["loss"] for m in metrics], losses, rtol=1e-4)
     ours = _moco_ours(states[-1])
-    theirs = _torch_state(model)
+    theirs, theirs32 = _torch_state(model), _torch_state(model32)
     assert set(theirs) == set(ours), sorted(set(theirs) ^ set(ours))
-    _assert_moco_close(ours, theirs, rtol=1e-4, what="mocov2: ")
+    noise = harness.official_noise(theirs, theirs32)
+    noise["queue"] = harness.NOISE_FACTOR * float(np.max(np.linalg.norm(
+        harness.as_numpy(theirs32["queue"]) - harness.as_numpy(theirs["queue"]), axis=0)))
+    _assert_moco_close(ours, theirs, rtol=1e-4, what="mocov2: ", noise=noise)
     assert int(ours["queue_ptr"][0]) == (STEPS * harness.BATCH) % config.mocov2.queue_size  # moved and wrapped
     before = _moco_ours(initial)
     _assert_moved({k: v for k, v in before.items() if k.startswith("encoder_k") and k.endswith("weight")},

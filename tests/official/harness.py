@@ -23,6 +23,10 @@ from ssl4eo_jax.optim import make_optimizer
 
 # Sizes of the step-equivalence runs: float32 on the CPU, tiny but every layer of a ResNet-18.
 BATCH, SIZE, BANDS, WIDTH = 16, 32, 13, 8
+# Where a test also runs the official step in float32, each tensor of ours may differ from the
+# float64 official result by up to this many times the official float32 run's own largest error on
+# that tensor (``official_noise``), when that is more than the test's fixed tolerance.
+NOISE_FACTOR = 2.0
 
 
 def method_config(name: str, **overrides: Any):
@@ -99,11 +103,34 @@ def encoder_state_dict(state: Any) -> dict[str, np.ndarray]:
     return encoder_to_state_dict({"params": state["params"]["encoder"], "batch_stats": state["batch_stats"]["encoder"]})
 
 
+def as_numpy(value: Any) -> np.ndarray:
+    """A torch tensor or array as a float64 (or integer) numpy array."""
+    value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return value.astype(np.float64) if np.issubdtype(value.dtype, np.floating) else value
+
+
+def official_noise(exact: dict[str, Any], float32: dict[str, Any]) -> dict[str, float]:
+    """Per tensor, ``NOISE_FACTOR`` x the largest difference between the official step run in float32
+    and in float64: the round-off that the official code itself has on this machine.
+
+    Float32 results of a training step differ from the exact ones by round-off that the step
+    amplifies (BN over small groups, Sinkhorn's exp(s / 0.05), sums that nearly cancel), and by how
+    much depends on the CPU's kernels: a fixed tolerance that one machine meets with room can fail
+    on another. Ours is held to the exact (float64) official result within this bound where it is
+    larger than the test's fixed tolerance, i.e. to no worse than twice the official code's own
+    float32 round-off, measured in the same process.
+    """
+    return {key: NOISE_FACTOR * float(np.max(np.abs(as_numpy(float32[key]) - as_numpy(value)), initial=0.0))
+            for key, value in exact.items()}
+
+
 def assert_close(ours: dict[str, np.ndarray], theirs: dict[str, Any], rtol: float = 1e-4, atol: float = 1e-6,
-                 what: str = "") -> None:
+                 what: str = "", noise: dict[str, float] | None = None) -> None:
     """Every key of ``theirs`` (torch tensors or arrays) matches ``ours`` to ``rtol`` (and a small
-    ``atol`` for values that are ~0)."""
+    ``atol`` for values that are ~0), or, where ``noise`` (``official_noise``) gives a larger
+    absolute bound for the key, to that bound."""
     assert set(ours) >= set(theirs), sorted(set(theirs) - set(ours))
     for key, value in theirs.items():
-        expected = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        np.testing.assert_allclose(np.asarray(ours[key]), expected, rtol=rtol, atol=atol, err_msg=f"{what}{key}")
+        key_atol = max(atol, (noise or {}).get(key, 0.0))
+        np.testing.assert_allclose(np.asarray(ours[key]), as_numpy(value), rtol=rtol, atol=key_atol,
+                                   err_msg=f"{what}{key}")
