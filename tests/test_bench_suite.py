@@ -11,8 +11,10 @@ from ssl4eo_jax.bench import fixtures, suite
 def test_suite_measures_every_figure_at_a_tiny_size(tmp_path):
     shards = fixtures.write_shards(str(tmp_path / "shards"), 32, 36)
     small = {"model.width": 8, "barlow.projector": (32, 32, 32)}  # a toy model: the suite, not the speed
+    kept = []
     out = suite.run_suite(["barlow"], 8, 36, 32, shards, workers=0, dtype="float32", iters=1, torch_reference=False,
-                          overrides=small)
+                          overrides=small, on_rows=lambda rows: kept.append(list(rows)))
+    assert kept == [out["rows"]]  # each method's rows are handed over as soon as they are measured
     (row,) = out["rows"]  # a CPU reports no memory limit: no largest-batch row
     assert row["method"] == "barlow" and row["batch"] == 8 and not row["largest"]
     assert row["images_per_sec"] > 0 and row["e2e_images_per_sec"] > 0 and row["compile_seconds"] > 0
@@ -34,6 +36,17 @@ def test_suite_measures_every_figure_at_a_tiny_size(tmp_path):
     cells = [c.strip() for c in values.strip("|").split("|")]
     assert cells[:3] == ["barlow", "8", "float32"] and float(cells[4]) == pytest.approx(row["images_per_sec"], abs=0.06)
     json.dumps(out)  # the --out file
+
+
+def test_a_step_that_would_not_fit_in_host_ram_is_reported_not_run(tmp_path):
+    shards = fixtures.write_shards(str(tmp_path / "shards"), 16, 36)
+    small = {"model.width": 8, "barlow.projector": (32, 32, 32)}
+    out = suite.run_suite(["barlow"], 8, 36, 32, shards, workers=0, dtype="float32", iters=1, torch_reference=False,
+                          overrides=small, host_ram_bytes=2**20)  # 1 MiB of RAM
+    (row,) = out["rows"]
+    assert row["method"] == "barlow" and row["batch"] == 8 and "images_per_sec" not in row
+    assert row["error"].startswith("needs about ") and "GiB of host RAM" in row["error"] and "--batch" in row["error"]
+    assert "failed: needs about" in suite.suite_table(out)
 
 
 def test_largest_batch_fills_nine_tenths_of_device_memory():

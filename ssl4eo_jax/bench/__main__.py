@@ -8,6 +8,10 @@ step      the jitted train step per method: images/s, XLA FLOPs, TFLOP/s, MFU, t
 e2e       the real input pipeline feeding the train step: images/s and the fraction of step-only speed
 suite     per method: compile time, step and end-to-end images/s, FLOPs, MFU, peak memory, the largest
           batch that fits (accelerators), the PyTorch step: one command for a short accelerator slot
+layers    where a ResNet-18 step's time goes: each convolution's forward, input and kernel gradient
+          in XLA and in PyTorch (when importable), weighted by its count in the network
+memory    the largest global batch per method whose train step fits in this host's RAM (CPU), from
+          XLA's memory analysis of the compiled step (nothing runs)
 projection  a benchmark grid's compute on paper (``--config=configs/benchmark.py:review``): XLA's FLOPs of
           every pre-training step times its steps, plus the evaluations, as hours on one H100 and on a
           TPU v5e-8 slice at 30/45/60 % MFU (nothing is trained; each step is only lowered)
@@ -26,7 +30,7 @@ from ssl4eo_jax.cli_flags import parse_flags
 from ssl4eo_jax.errors import run_guarded
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "suite", "projection", "all"], "What to measure.")
+flags.DEFINE_enum("what", "augment", ["augment", "pipeline", "step", "e2e", "suite", "layers", "memory", "projection", "all"], "What to measure.")
 _GRID = config_flags.DEFINE_config_file("config", "configs/benchmark.py:review",
                                         "With --what=projection: the benchmark grid (configs/benchmark.py:<preset>).")
 flags.DEFINE_integer("batch", None, "Global batch (default 256 on an accelerator, 64 on a CPU).")
@@ -110,10 +114,12 @@ def run_step(results: dict) -> None:
         tflops = f"{r['tflops_achieved']:.2f}" if r["tflops_achieved"] else "n/a"
         rows.append([method, r["dtype"], f"{r['images_per_sec']:.1f}", f"{r['step_ms']:.1f}", f"{r['augment_ms']:.1f}",
                      f"{r['fwd_bwd_ms']:.1f}", f"{r['update_ms']:.1f}", f"{100 * r['augment_fraction']:.1f}",
-                     f"{r['flops_per_step'] / 1e12:.3f}", tflops, mfu])
-    _print_table(f"Train step, batch {batch}, {FLAGS.crop} px views of {FLAGS.patch} px patches",
+                     f"{r['flops_per_step'] / 1e12:.3f}", tflops, mfu,
+                     f"{r['peak_device_gib']:.2f}" if r["peak_device_gib"] else "n/a", f"{r['peak_host_rss_gib']:.2f}"])
+    _print_table(f"Train step, batch {batch}, {FLAGS.crop} px views of {FLAGS.patch} px patches (peak memory: "
+                 "so far in this process)",
                  ["method", "dtype", "images/s", "step ms", "augment ms", "fwd+bwd ms", "update ms", "augment %",
-                  "TFLOP/step", "TFLOP/s", "MFU %"], rows)
+                  "TFLOP/step", "TFLOP/s", "MFU %", "peak device GiB", "peak host RSS GiB"], rows)
     results["step"] = out
     if FLAGS.torch and "barlow" in FLAGS.methods:
         _run_torch_reference(results, batch, next(r for r in out if r["method"] == "barlow"))
@@ -143,7 +149,7 @@ def main(argv: list[str]) -> None:
     print(f"Machine: {results['machine']}")
     todo = ["augment", "pipeline", "step"] if FLAGS.what == "all" else [FLAGS.what]
     runners = {"augment": run_augment, "pipeline": run_pipeline, "step": run_step, "e2e": run_e2e,
-               "suite": run_suite, "projection": run_projection}
+               "suite": run_suite, "layers": run_layers, "memory": run_memory, "projection": run_projection}
     for what in todo:
         runners[what](results)
     if FLAGS.out:
@@ -180,9 +186,16 @@ def run_suite(results: dict) -> None:
     batch = FLAGS.batch or 256
     root = fixtures.write_shards(os.path.join(FLAGS.workdir, f"shards_{FLAGS.patch}"), max(FLAGS.images, 4 * batch),
                                  FLAGS.patch)
+
+    def keep(rows: list[dict]) -> None:  # each method's row as soon as it is measured
+        print(f"\n{suite.suite_table({'rows': rows[-1:]})}", flush=True)
+        if FLAGS.out:
+            with open(FLAGS.out, "w") as f:
+                json.dump({**results, "suite": {"rows": rows, "partial": True}}, f, indent=2, default=str)
+
     out = suite.run_suite(FLAGS.methods, batch, FLAGS.patch, FLAGS.crop, root, workers=int(FLAGS.workers[-1]),
                           dtype=FLAGS.dtype, iters=FLAGS.iters, peak_tflops=FLAGS.peak_tflops,
-                          try_largest=True, torch_reference=FLAGS.torch, progress=progress)
+                          try_largest=True, torch_reference=FLAGS.torch, progress=progress, on_rows=keep)
     table = suite.suite_table(out)
     print(f"\nSuite on {results['machine']['device']}, {FLAGS.crop} px views of {FLAGS.patch} px patches:\n{table}")
     if FLAGS.append_docs:
@@ -190,6 +203,43 @@ def run_suite(results: dict) -> None:
         suite.append_to_docs(suite.default_docs_path(), results["machine"], command, table)
         print(f"Appended to {suite.default_docs_path()}")
     results["suite"] = out
+
+
+def run_layers(results: dict) -> None:
+    from ssl4eo_jax.bench.conv_profile import profile_convolutions, profile_table
+    from ssl4eo_jax.progress import progress
+
+    batch = _batch()
+    out = profile_convolutions("resnet18", batch, FLAGS.crop, iters=FLAGS.iters, with_torch=FLAGS.torch,
+                               progress=progress)
+    print(f"\nResNet-18 convolutions, batch {batch}, {FLAGS.crop} px 13-band views, float32, median ms "
+          f"(XLA_FLAGS={out['xla_flags'] or '(unset)'}):\n{profile_table(out)}")
+    results["layers"] = out
+
+
+def run_memory(results: dict) -> None:
+    import jax
+
+    from ssl4eo_jax.bench.host_memory import FILL, host_memory_bytes, largest_batch, resident_bytes
+    from ssl4eo_jax.bench.step_bench import step_memory_bytes
+    from ssl4eo_jax.progress import progress
+
+    if jax.devices()[0].platform != "cpu":
+        print("--what=memory bounds a CPU's step by the host's RAM; on an accelerator, --what=suite finds the "
+              "largest batch from the device's own memory limit.")
+        return
+    ram = host_memory_bytes()
+    rows, out = [], []
+    for method in progress(FLAGS.methods, desc="memory", unit="method"):
+        budget = int(FILL * ram) - resident_bytes()
+        r = largest_batch(lambda b: step_memory_bytes(method, b, FLAGS.patch, FLAGS.crop, dtype=FLAGS.dtype), budget)
+        out.append({"method": method, **r})
+        rows.append([method, r["batch"], f"{r['bytes'] / 2**30:.2f}", f"{r['bytes_per_image'] / 2**20:.1f}",
+                     f"{r['fixed_bytes'] / 2**30:.2f}", "yes" if r["fits"] else "no"])
+    _print_table(f"Largest global batch whose step fits in {FILL:.0%} of this host's {ram / 2**30:.1f} GiB RAM "
+                 f"(minus this process's resident memory), {FLAGS.crop} px views of {FLAGS.patch} px patches",
+                 ["method", "largest batch", "step GiB at it", "MiB per image", "fixed GiB", "confirmed"], rows)
+    results["memory"] = {"host_ram_bytes": ram, "fill": FILL, "rows": out}
 
 
 def run_projection(results: dict) -> None:

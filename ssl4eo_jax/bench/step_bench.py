@@ -132,6 +132,31 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
     }
 
 
+def step_memory_bytes(method: str, batch: int, patch: int, crop: int, bands: int = 13, dtype: str | None = None,
+                      overrides: dict[str, Any] | None = None) -> int:
+    """Bytes XLA allocates on this host's devices together for one train step at ``batch`` (its
+    memory analysis, which is per device, times the local devices: a CPU's simulated devices share
+    its RAM; compiled, not run). MoCo's queue is rounded to a multiple of the batch, as its config
+    would have to be."""
+    from ssl4eo_jax.bench.host_memory import compiled_bytes
+
+    config = bench_config(method, batch, crop, dtype, overrides)
+    if method == "mocov2":
+        config.mocov2.queue_size = max(1, int(config.mocov2.queue_size) // batch) * batch
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(batch, mesh)
+    m = get_method(config, TrainLength(1000.0, 100_000), mesh)
+    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000, m.param_groups())
+    mean, std = np.full((bands,), 1500.0, np.float32), np.full((bands,), 800.0, np.float32)
+    state = jax.eval_shape(lambda: train.init_state(m, tx, config, bands, mesh))
+    specs = {"image": ((batch, patch, patch, bands), np.uint16), "label": ((batch,), np.int32),
+             "multi_hot": ((batch, 19), np.float32), "index": ((batch,), np.int32)}
+    batch_shapes = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharded(mesh))
+                    for k, (shape, dt) in specs.items()}
+    step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)
+    return compiled_bytes(step_fn.lower(state, batch_shapes).compile()) * jax.local_device_count()
+
+
 def memory_use() -> dict[str, Any]:
     """Peak device memory of device 0 (``memory_stats``; None on a CPU, which has none) and the
     process's peak host RSS, both in GiB, so far in this process."""

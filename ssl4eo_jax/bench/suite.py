@@ -38,11 +38,21 @@ def largest_batch(measured: dict[str, Any], devices: int) -> int | None:
 def run_suite(methods: list[str], batch: int, patch: int, crop: int, shards: str, workers: int,
               dtype: str | None = None, iters: int = 5, peak_tflops: float | None = None, try_largest: bool = True,
               torch_reference: bool = True, progress: Callable = lambda x, **_: x,
-              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+              overrides: dict[str, Any] | None = None,
+              on_rows: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+              host_ram_bytes: int | None = None) -> dict[str, Any]:
     """Measures every method (``overrides``: config values for every method, e.g. a smaller model for
-    the tests); returns {"rows": [...], "torch_reference": ...}."""
+    the tests); returns {"rows": [...], "torch_reference": ...}. ``on_rows`` gets the rows so far
+    after each method, so that a run killed later (out of time) keeps them. On a CPU, a method whose
+    step would not fit in the host's RAM (``host_ram_bytes``, default this machine's) gets a row that
+    says so instead of being run into the out-of-memory killer."""
     rows: list[dict[str, Any]] = []
     for method in progress(methods, desc="suite", unit="method"):
+        short = host_ram_shortfall(method, batch, patch, crop, dtype, overrides, host_ram_bytes)
+        if short:
+            rows.append({"method": method, "batch": batch, "largest": False, "error": short})
+            on_rows(rows)
+            continue
         step = bench_step(method, batch, patch, crop, dtype=dtype, iters=iters, peak_tflops=peak_tflops,
                           overrides=overrides)
         e2e = bench_e2e(method, shards, batch, crop, workers=workers, dtype=dtype, iters=iters, overrides=overrides)
@@ -55,8 +65,9 @@ def run_suite(methods: list[str], batch: int, patch: int, crop: int, shards: str
                              "e2e_images_per_sec": None, "largest": True})
             except Exception as e:  # noqa: BLE001 - out of memory: the estimate was too high, say so
                 rows.append({"method": method, "batch": big, "largest": True, "error": str(e).splitlines()[0][:200]})
+        on_rows(rows)
     out: dict[str, Any] = {"rows": rows, "torch_reference": None}
-    barlow = next((r for r in rows if r["method"] == "barlow" and not r["largest"]), None)
+    barlow = next((r for r in rows if r["method"] == "barlow" and not r["largest"] and "error" not in r), None)
     if barlow is not None and torch_reference:
         try:
             from ssl4eo_jax.bench.torch_step import torch_barlow_images_per_sec
@@ -69,6 +80,24 @@ def run_suite(methods: list[str], batch: int, patch: int, crop: int, shards: str
     return out
 
 
+def host_ram_shortfall(method: str, batch: int, patch: int, crop: int, dtype: str | None,
+                       overrides: dict[str, Any] | None, host_ram_bytes: int | None) -> str | None:
+    """On a CPU: why the suite cannot run ``method`` at ``batch`` in the host's RAM, or None. The
+    suite holds the step's buffers while it times the forward and backward pass alone, so it needs
+    up to twice the step's memory (XLA's memory analysis, compiled, not run)."""
+    if jax.devices()[0].platform != "cpu":
+        return None  # a device reports running out of its memory as an error the suite records
+    from ssl4eo_jax.bench.host_memory import FILL, host_memory_bytes, resident_bytes
+    from ssl4eo_jax.bench.step_bench import step_memory_bytes
+
+    step = step_memory_bytes(method, batch, patch, crop, dtype=dtype, overrides=overrides)
+    free = FILL * (host_ram_bytes or host_memory_bytes()) - resident_bytes()
+    if 2 * step <= free:
+        return None
+    return (f"needs about {2 * step / 2**30:.1f} GiB of host RAM (twice its step's {step / 2**30:.1f} GiB), "
+            f"{max(free, 0) / 2**30:.1f} GiB are free; use a smaller --batch (bench --what=memory gives the largest)")
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -78,7 +107,7 @@ def suite_table(results: dict[str, Any]) -> str:
     rows = []
     for r in results["rows"]:
         if "error" in r:
-            rows.append([r["method"], f"{r['batch']} (largest?)", "-", "-", f"failed: {r['error']}"] + ["-"] * 6)
+            rows.append([r["method"], f"{r['batch']}{' (largest?)' if r['largest'] else ''}", "-", "-", f"failed: {r['error']}"] + ["-"] * 6)
             continue
         mfu = _fmt(r["mfu"] and 100 * r["mfu"], ".1f")
         rows.append([r["method"], f"{r['batch']}{' (largest)' if r['largest'] else ''}", r["dtype"],
