@@ -61,6 +61,9 @@ def test_largest_batch_solves_the_line_and_confirms_it():
     convex = lambda b: 1000 + 10 * b + (0 if b <= 256 else 4 * (b - 256))  # noqa: E731 - grows faster past the probes
     r = host_memory.largest_batch(convex, 5000, multiple=64)
     assert r["batch"] == 320 and r["bytes"] == 1000 + 3200 + 256 and r["fits"]  # 384 needs 5352: one step down
+    concave = lambda b: 1000 + 10 * b - (0 if b <= 256 else 4 * (b - 256))  # noqa: E731 - grows slower past the probes
+    r = host_memory.largest_batch(concave, 5000, multiple=64)
+    assert r["batch"] == 448 and r["bytes"] == 1000 + 4480 - 768 and r["fits"]  # the line said 384; 512 needs 5096
     with pytest.raises(ValueError, match="does not grow"):
         host_memory.largest_batch(lambda b: 7, 5000)
 

@@ -5,7 +5,7 @@ machine's RAM. XLA's memory analysis of the compiled step (arguments + outputs +
 aliased donations) is linear in the batch; it is read at two batches (nothing runs), the line is
 solved for the batch that fills ``FILL`` (90 %) of the RAM left beside this process's resident
 memory, rounded down to a multiple of ``MULTIPLE``, and the step is compiled once more at that
-batch to confirm the bytes (stepping down while it does not fit).
+batch to confirm the bytes (stepping down while it does not fit, up while the next multiple fits).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def compiled_bytes(compiled: Any) -> int:
 def largest_batch(bytes_at: Callable[[int], int], budget: int, probes: tuple[int, int] = (128, 256),
                   multiple: int = MULTIPLE) -> dict[str, Any]:
     """The largest multiple of ``multiple`` whose ``bytes_at(batch)`` is at most ``budget``: solved
-    from the line through two probe batches, then confirmed (and stepped down until it holds)."""
+    from the line through two probe batches, then confirmed: stepped down until it fits, or up
+    while the next multiple fits too."""
     (b0, b1) = probes
     m0, m1 = bytes_at(b0), bytes_at(b1)
     per_image = (m1 - m0) / (b1 - b0)
@@ -52,5 +53,10 @@ def largest_batch(bytes_at: Callable[[int], int], budget: int, probes: tuple[int
     while confirmed > budget and batch > multiple:
         batch -= multiple
         confirmed = bytes_at(batch)
+    while confirmed <= budget:  # the line can be pessimistic past the probes: step up while the next fits
+        following = bytes_at(batch + multiple)
+        if following > budget:
+            break
+        batch, confirmed = batch + multiple, following
     return {"batch": batch, "bytes": confirmed, "fits": confirmed <= budget, "fixed_bytes": fixed,
             "bytes_per_image": per_image, "budget_bytes": budget}
