@@ -91,6 +91,6 @@ def test_memory_command_prints_and_writes_a_confirmed_batch_per_method(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads(out.read_text())["memory"]["rows"]
     assert row["method"] == "simclr" and row["fits"] and row["batch"] % 64 == 0
-    assert row["bytes"] <= row["budget_bytes"] < row["bytes"] + 64 * 1.1 * row["bytes_per_image"]  # the largest that fits
+    assert row["bytes"] <= row["budget_bytes"] < row["next_bytes"]  # the largest: the next multiple of 64 does not fit
     line = next(line for line in proc.stdout.splitlines() if line.startswith("| simclr"))
     assert [c.strip() for c in line.strip("|").split("|")][:2] == ["simclr", str(row["batch"])]

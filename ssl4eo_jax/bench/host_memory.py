@@ -53,10 +53,9 @@ def largest_batch(bytes_at: Callable[[int], int], budget: int, probes: tuple[int
     while confirmed > budget and batch > multiple:
         batch -= multiple
         confirmed = bytes_at(batch)
-    while confirmed <= budget:  # the line can be pessimistic past the probes: step up while the next fits
-        following = bytes_at(batch + multiple)
-        if following > budget:
-            break
+    following = bytes_at(batch + multiple) if confirmed <= budget else None
+    while following is not None and following <= budget:  # the line can be pessimistic past the probes
         batch, confirmed = batch + multiple, following
+        following = bytes_at(batch + multiple)
     return {"batch": batch, "bytes": confirmed, "fits": confirmed <= budget, "fixed_bytes": fixed,
-            "bytes_per_image": per_image, "budget_bytes": budget}
+            "bytes_per_image": per_image, "budget_bytes": budget, "next_bytes": following}
