@@ -66,18 +66,24 @@ def device_batch(batch: int, patch: int, bands: int, num_classes: int, mesh: jax
     return sharding.to_global(host, mesh)
 
 
-def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, dtype: str | None = None,
-               iters: int = 5, peak_tflops: float | None = None, overrides: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
-    """Images/s of one method's full train step, its FLOPs, MFU and the time breakdown."""
-    config = bench_config(method, batch, crop, dtype, overrides)
+def _step_parts(config: Any, batch: int, bands: int) -> tuple:
+    """(config, mesh, method, optimizer, mean, std, jitted step) of a bench config, with fixed band
+    statistics and a 100k-step schedule."""
     mesh = sharding.make_mesh()
     sharding.check_batch_size(batch, mesh)
     m = get_method(config, TrainLength(1000.0, 100_000), mesh)
     tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000, m.param_groups())
     mean, std = np.full((bands,), 1500.0, np.float32), np.full((bands,), 800.0, np.float32)
+    return config, mesh, m, tx, mean, std, train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)
+
+
+def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, dtype: str | None = None,
+               iters: int = 5, peak_tflops: float | None = None, overrides: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """Images/s of one method's full train step, its FLOPs, MFU and the time breakdown."""
+    config, mesh, m, tx, mean, std, step_fn = _step_parts(bench_config(method, batch, crop, dtype, overrides),
+                                                          batch, bands)
     state = train.init_state(m, tx, config, bands, mesh)
-    step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)
     batch_arrays = device_batch(batch, patch, bands, 19, mesh)
 
     began = time.perf_counter()
@@ -143,17 +149,12 @@ def step_memory_bytes(method: str, batch: int, patch: int, crop: int, bands: int
     config = bench_config(method, batch, crop, dtype, overrides)
     if method == "mocov2":
         config.mocov2.queue_size = max(1, int(config.mocov2.queue_size) // batch) * batch
-    mesh = sharding.make_mesh()
-    sharding.check_batch_size(batch, mesh)
-    m = get_method(config, TrainLength(1000.0, 100_000), mesh)
-    tx, lr_fn = make_optimizer(config.optim, 1000.0, 100_000, m.param_groups())
-    mean, std = np.full((bands,), 1500.0, np.float32), np.full((bands,), 800.0, np.float32)
+    config, mesh, m, tx, mean, std, step_fn = _step_parts(config, batch, bands)
     state = jax.eval_shape(lambda: train.init_state(m, tx, config, bands, mesh))
     specs = {"image": ((batch, patch, patch, bands), np.uint16), "label": ((batch,), np.int32),
              "multi_hot": ((batch, 19), np.float32), "index": ((batch,), np.int32)}
     batch_shapes = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding.batch_sharded(mesh))
                     for k, (shape, dt) in specs.items()}
-    step_fn = train.make_train_step(m, tx, lr_fn, config, mean, std, mesh)
     return compiled_bytes(step_fn.lower(state, batch_shapes).compile()) * jax.local_device_count()
 
 
