@@ -25,6 +25,7 @@ from ssl4eo_jax.interop.projector import projector_to_state_dict, torch_code
 from ssl4eo_jax.interop.resnet_weights import encoder_to_state_dict
 from ssl4eo_jax.interop.runs import RunCheckpoint, restore_run, run_manifest
 from ssl4eo_jax.interop.state_dict import InteropError, write_file
+from ssl4eo_jax.methods.base import evaluated_network
 from ssl4eo_jax.models.resnet import feature_dim
 from ssl4eo_jax.report import write_json
 
@@ -90,7 +91,8 @@ def export_checkpoint(checkpoint: str, to: str, fmt: str = "timm", with_projecto
     normalisation, bands, dataset = _normalisation(run)
     sidecar = {
         SIDECAR_MARK: 1, "format": fmt, "weights": os.path.basename(to), "model": model,
-        "method": run.config.get("method"), "dataset": dataset, "bands": bands,
+        "method": run.config.get("method"), "network": evaluated_network(str(run.config.get("method", ""))),
+        "dataset": dataset, "bands": bands,
         "normalisation": normalisation.to_dict(), "projector": projector,
         "source": {"checkpoint": run.step_dir, "step": run.step, "workdir": run.workdir},
         "load": load_recipe(fmt, model, os.path.basename(to), projector and projector["torch"]),

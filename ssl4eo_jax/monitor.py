@@ -32,7 +32,7 @@ from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.evaluators import FrozenEncoder
 from ssl4eo_jax.evaluators.knn import knn_scores
 from ssl4eo_jax.evaluators.metrics import classification_metrics
-from ssl4eo_jax.methods.base import encoder_variables
+from ssl4eo_jax.methods.base import evaluated_encoder
 
 COLLAPSE_METRIC = "embedding_std_rel"
 WATCHED = ("embedding_std", "embedding_std_rel", "effective_rank")
@@ -133,6 +133,7 @@ class TrainingMonitor:
     def __init__(self, config: Any, workdir: str, frozen: FrozenEncoder, sources: dict[str, SplitSource],
                  steps_per_epoch: float):
         cfg = config.get("monitor")
+        self.method = str(config.method)  # the network scored: the one its official code evaluates
         self.enabled = bool(cfg is not None and cfg.enabled)
         self.cfg = cfg
         self.start_step = int(round(cfg.get("start_epoch", 0.0) * steps_per_epoch)) if self.enabled else 0
@@ -160,7 +161,7 @@ class TrainingMonitor:
         if not self.enabled:
             return record
         if knn and self.knn is not None:
-            score = self.knn.score(encoder_variables(state))
+            score = self.knn.score(evaluated_encoder(state, self.method))
             self.history.append({"step": step, self.knn.metric: score})
             record["knn_monitor"] = score
             logging.info("kNN monitor at step %d: %s %.2f (best %.2f)", step, self.knn.metric, score,

@@ -27,7 +27,7 @@ from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import TrainingDiverged
 from ssl4eo_jax.evaluators import BN_MODES, evaluate_frozen, frozen_encoder, recompute_bn
 from ssl4eo_jax.methods import TrainLength, get_method
-from ssl4eo_jax.methods.base import Method, encoder_variables
+from ssl4eo_jax.methods.base import Method, encoder_variables, evaluated_encoder, evaluated_network
 from ssl4eo_jax.monitor import TrainingMonitor
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.profiling import StepProfiler, profile_window
@@ -278,7 +278,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         results["evaluated_checkpoint"] = {"which": "best" if best else "last", "step": best[1] if best else n_steps}
         # One protocol for both encoders: the same BN treatment (config.eval.bn), said in results.json.
         results["eval_bn"] = BN_MODES[config.eval.get("bn", "recompute")]
-        results["pretrained"] = evaluate_frozen(frozen, encoder_variables(trained_vars), sources, config.eval,
+        results["evaluated_network"] = evaluated_network(config.method)
+        results["pretrained"] = evaluate_frozen(frozen, evaluated_encoder(trained_vars, config.method), sources, config.eval,
                                                 "pre-trained", recompute_bn=recompute)
         results["random_init"] = evaluate_frozen(frozen, encoder_variables(init_vars), sources, config.eval,
                                                  "random-init", recompute_bn=recompute)

@@ -26,7 +26,7 @@ from ssl4eo_jax.data import load_manifest, pipeline
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods import METHODS, TrainLength, get_method
-from ssl4eo_jax.methods.base import effective_rank, embedding_metrics, group_labels
+from ssl4eo_jax.methods.base import effective_rank, embedding_metrics, evaluated_encoder, evaluated_network, group_labels
 from ssl4eo_jax.methods.dino import teacher_temperature
 from ssl4eo_jax.methods.mocov2 import enqueue
 from ssl4eo_jax.methods.nets import forward_grouped, forward_joint
@@ -347,6 +347,29 @@ def test_dino_centre_moves_towards_the_teacher_mean(demo_dir):
     (_, (_, logits), _), _ = method.net.apply(teacher, jnp.concatenate(views[:2]), train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(new_extra["center"], 0.1 * np.asarray(logits).mean(0), rtol=1e-4, atol=1e-6)
     assert float(metrics["teacher_temp"]) == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("name", ["dino", "byol", "mocov2"])
+def test_the_evaluated_encoder_is_the_network_the_official_code_evaluates(demo_dir, name):
+    """DINO's teacher (dino eval_knn.py / eval_linear.py ``--checkpoint_key teacher``), BYOL's online
+    network, MoCo's ``encoder_q``: evaluation, the kNN monitor and export read this one."""
+    state = _trainer(name, demo_dir).init()
+    moved = {**state, "extra": jax.tree.map(lambda x: x + 1.0, state["extra"])}  # target/teacher/key != online
+    got = evaluated_encoder(moved, name)
+    if name == "dino":
+        assert evaluated_network(name) == "teacher"
+        want = moved["extra"]["teacher_params"]["encoder"]["conv1"]["kernel"]
+        want_stats = moved["extra"]["teacher_batch_stats"]["encoder"]["bn1"]["mean"]
+    else:
+        assert evaluated_network(name) == "online"
+        want = state["params"]["encoder"]["conv1"]["kernel"]
+        want_stats = state["batch_stats"]["encoder"]["bn1"]["mean"]
+    np.testing.assert_array_equal(got["params"]["conv1"]["kernel"], want)
+    np.testing.assert_array_equal(got["batch_stats"]["bn1"]["mean"], want_stats)
+    # At initialisation (variables without extra state) every method reads its online encoder.
+    init_only = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    np.testing.assert_array_equal(evaluated_encoder(init_only, name)["params"]["conv1"]["kernel"],
+                                  state["params"]["encoder"]["conv1"]["kernel"])
 
 
 # ----------------------------------------------------------------------------- optimizer groups

@@ -15,7 +15,7 @@ from etils import epath
 
 from ssl4eo_jax.data.manifest import MANIFEST_NAME, Manifest, load_manifest
 from ssl4eo_jax.interop.state_dict import InteropError
-from ssl4eo_jax.train import encoder_variables
+from ssl4eo_jax.methods.base import evaluated_encoder
 
 
 @dataclasses.dataclass
@@ -29,8 +29,9 @@ class RunCheckpoint:
     state: dict[str, Any]
 
     def encoder(self) -> dict[str, Any]:
-        """The encoder's ``{"params", "batch_stats"}``."""
-        return encoder_variables(self.state)
+        """The encoder's ``{"params", "batch_stats"}``: the network the method's official code
+        evaluates and publishes (DINO's teacher, every other method's online encoder)."""
+        return evaluated_encoder(self.state, str(self.config.get("method", "")))
 
     @property
     def num_bands(self) -> int:

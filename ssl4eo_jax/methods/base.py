@@ -108,6 +108,28 @@ def encoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
     return {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
 
 
+# The network each official repository evaluates and publishes, where it is not the online one:
+# DINO's teacher (facebookresearch/dino eval_knn.py / eval_linear.py, ``--checkpoint_key teacher``;
+# its released backbones are teachers). MoCo evaluates ``encoder_q`` and BYOL its online network.
+EVALUATED_NETWORK = {"dino": ("teacher_params", "teacher_batch_stats")}
+
+
+def evaluated_network(method: str) -> str:
+    """"teacher" or "online": which of the method's networks evaluation and export read."""
+    return "teacher" if method in EVALUATED_NETWORK else "online"
+
+
+def evaluated_encoder(state: dict[str, Any], method: str) -> dict[str, Any]:
+    """The encoder that the method's official code evaluates, out of a train state (with ``extra``)."""
+    if method not in EVALUATED_NETWORK:
+        return encoder_variables(state)
+    params_key, stats_key = EVALUATED_NETWORK[method]
+    extra = state.get("extra") or {}
+    if params_key not in extra:  # variables at initialisation: the teacher starts as the student
+        return encoder_variables(state)
+    return encoder_variables({"params": extra[params_key], "batch_stats": extra[stats_key]})
+
+
 def group_labels(params: Any, groups: dict[str, str]) -> Any:
     """Labels for ``ParamGroups``: ``groups`` maps a path prefix of ``params`` ("predictor",
     "projector/last_layer") to its group; every other leaf is "default"."""
