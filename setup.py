@@ -20,7 +20,8 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["ssl4eo_jax", "ssl4eo_jax.*", "configs", "configs.*", "data_prep", "data_prep.*"]),
+    # configs/ are files loaded by path (--config=configs/<name>.py), not an installed package.
+    packages=find_packages(include=["ssl4eo_jax", "ssl4eo_jax.*", "data_prep", "data_prep.*"]),
     install_requires=[
         "jax==0.10.2",
         "jaxlib==0.10.2",

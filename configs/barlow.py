@@ -17,7 +17,7 @@ as every method's demo (``ssl4eo_jax/short_run.py``).
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

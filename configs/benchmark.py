@@ -2,7 +2,7 @@
 
 Presets:
   demo    the whole grid on the synthetic demo data (stand-ins for BigEarthNet, So2Sat and EuroSAT with
-          their band sets, ``data_prep.demo.VARIANTS``) at toy scale: minutes on a CPU.
+          their band sets, ``ssl4eo_jax.data.demo.VARIANTS``) at toy scale: minutes on a CPU.
   test    the smallest grid that still runs every experiment (one method, tiny data): for the tests.
   review  the review's settings on the real archives (pre-training on BigEarthNet, So2Sat and SEN12MS,
           transfer to EuroSAT; epochs and learning rates of REFERENCE_SETTINGS.md). Needs
@@ -22,11 +22,13 @@ that method's, ``config.eval_overrides.<all|knn|linear|finetune>`` to the evalua
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
-from configs.common import AUG_STUDY
 from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.presets.pretrain import AUG_STUDY
 
 REVIEW_METHODS = ("mocov2", "simsiam", "swav", "barlow")
 REAL_DATASETS = ("bigearthnet", "so2sat", "sen12ms", "eurosat")
@@ -50,6 +52,8 @@ def _base(preset: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = "benchmark"
     config.preset = preset
+    # The method and evaluation configs of the grid's cells: the files beside this one.
+    config.configs_dir = os.path.dirname(os.path.abspath(__file__))
     config.methods = REVIEW_METHODS
     config.seeds = (0,)
     config.linear_protocol = "ours"  # or "reference" (configs/eval/linear.py)

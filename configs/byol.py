@@ -18,7 +18,7 @@ of the target's initialisation after the run (0.973005 over 219 steps).
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

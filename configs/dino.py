@@ -25,7 +25,7 @@ and the last layer frozen for the first 1 % of the run instead of one epoch.
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -23,7 +23,7 @@ GPUs), else 64; a linear warm-up over the first 10 % of the run, as every method
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ the run, as every method's demo (``ssl4eo_jax/short_run.py``).
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

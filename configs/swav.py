@@ -24,7 +24,7 @@ its ResNet); ours is the standard ResNet-18.
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

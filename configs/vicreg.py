@@ -18,7 +18,7 @@ Demo presets (``demo*``): a warm-up over the first 10 % of the run, as every met
 
 import ml_collections
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

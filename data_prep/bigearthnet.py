@@ -35,9 +35,9 @@ from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.lists import find_list, read_names, read_rows
 from data_prep.resample import METHODS, resize
-from data_prep.writer import BadPatch, PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import BadPatch, PatchRecord
 
 VERSION = "1"
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")

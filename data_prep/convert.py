@@ -1,7 +1,7 @@
 """What every converter shares: its common CLI flags, resume safety, the split loop and the summary.
 
 A converter lists its input items per split (cheap, in the main process), then hands a ``Job`` to
-``run``: the shards are written by ``data_prep.writer`` (parallel, resumable, deterministic), the band
+``run``: the shards are written by ``ssl4eo_jax.data.writer`` (parallel, resumable, deterministic), the band
 statistics come from the train split (or ``--stats-split``), and ``manifest.json`` is written last. ``conversion.json``
 pins the options and item lists of a conversion, so a re-run with the same command resumes it while
 a re-run with different options into the same ``--out`` stops instead of mixing two datasets.
@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from data_prep.writer import BadPatch, PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.data.manifest import DatasetError, write_manifest
+from ssl4eo_jax.data.writer import BadPatch, PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.errors import OneLineArgumentParser, run_guarded
 
 FINGERPRINT_NAME = "conversion.json"

@@ -26,9 +26,9 @@ from data_prep.bands import S2_BANDS
 from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.lists import find_list, read_names, stratified_split
-from data_prep.writer import PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import PatchRecord
 
 VERSION = "1"
 CLASSES = (

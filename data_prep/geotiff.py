@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data_prep.writer import BadPatch
+from ssl4eo_jax.data.writer import BadPatch
 
 # GDAL otherwise lists the whole folder on every open (slow in EuroSAT's 3000-file class folders).
 os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")

@@ -36,9 +36,9 @@ from data_prep.bands import canonical_band, s2_sorted
 from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import raster_info, read_raster
 from data_prep.resample import METHODS, resample_window, source_window
-from data_prep.writer import BadPatch, Filtered, PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import BadPatch, Filtered, PatchRecord
 
 VERSION = "1"
 OFFSET = 1000

@@ -34,9 +34,9 @@ from data_prep.bands import S1_BANDS, S2_BANDS
 from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.geotiff import read_raster
 from data_prep.lists import find_list, read_names
-from data_prep.writer import BadPatch, PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import BadPatch, PatchRecord
 
 VERSION = "1"
 SEASONS = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")

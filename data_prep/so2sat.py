@@ -23,9 +23,9 @@ import os
 import numpy as np
 
 from data_prep.convert import Job, Problems, converter_parser, main_guard, run
-from data_prep.writer import BadPatch, PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import BadPatch, PatchRecord
 
 VERSION = "1"
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")

@@ -28,9 +28,9 @@ from data_prep.bands import S2_BANDS, canonical_band
 from data_prep.convert import Job, Problems, converter_parser, main_guard, run
 from data_prep.lists import stratified_split
 from data_prep.resample import METHODS, resize
-from data_prep.writer import BadPatch, PatchRecord
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import BadPatch, PatchRecord
 
 VERSION = "1"
 SPLITS = {"train": "train", "validation": "val", "test": "test"}

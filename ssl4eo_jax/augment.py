@@ -1,7 +1,7 @@
 """Batched, jit-able augmentations for multispectral images (NHWC, any number of bands).
 
 A view pipeline is data (``config.aug``): an ordered tuple of op names plus each op's parameters and
-probability, so the review's augmentation study is a set of configs (see ``configs/common.py``).
+probability, so the review's augmentation study is a set of configs (see ``ssl4eo_jax/presets/pretrain.py``).
 
 Spatial ops (random resized crop, resize, flips, 90-degree rotations, Gaussian blur) are linear maps
 of the rows and columns, so each view's are composed into two small per-sample matrices

@@ -31,7 +31,7 @@ TINY_PATCH = 36
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> str:
     """A small demo dataset (24 px patches), generated once per test session."""
-    from data_prep.demo import generate
+    from ssl4eo_jax.data.demo import generate
 
     out = str(tmp_path_factory.mktemp("data") / "demo_tiny")
     return generate(out, TINY_SIZES, size=TINY_PATCH, seed=0, records_per_shard=40, progress=False)
@@ -39,9 +39,10 @@ def demo_dir(tmp_path_factory) -> str:
 
 def tiny_config(data_dir: str, **overrides):
     """The Barlow Twins config at toy scale: 32 px crops, a small projector, a few steps."""
-    from configs import barlow, common
+    from ssl4eo_jax.presets.files import get_config
+    from ssl4eo_jax.presets.pretrain import apply_overrides
 
-    config = barlow.get_config("demo")
+    config = get_config("barlow", "demo")
     config.data.dir = data_dir
     config.data.global_batch = 32
     config.data.workers = 0
@@ -53,5 +54,5 @@ def tiny_config(data_dir: str, **overrides):
     config.optim.warmup_epochs = 0.0
     config.eval.batch = 32
     config.eval.linear.epochs = 5
-    common.apply_overrides(config, overrides)
+    apply_overrides(config, overrides)
     return config

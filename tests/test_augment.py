@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
 from ssl4eo_jax import augment
+from ssl4eo_jax.presets import pretrain as common
+from ssl4eo_jax.presets.files import load_config_module
 
 
 def torchvision_get_params(rng, height, width, scale, ratio):
@@ -220,8 +221,7 @@ def test_augmentation_depends_on_the_example_index_not_its_position():
 def test_augmentation_study_presets():
     assert set(common.AUG_STUDY) >= {"full", "no_crop", "no_blur", "no_band_drop", "crop_only_0.2",
                                      "crop_only_0.5", "crop_only_0.8"}
-    from configs import barlow
-
+    barlow = load_config_module("barlow")
     cfg = barlow.get_config("demo,aug=crop_only_0.8")
     assert tuple(cfg.aug.ops) == ("crop",) and tuple(cfg.aug.crop.scale) == (0.8, 1.0)
     no_crop = barlow.get_config("demo,aug=no_crop")

@@ -6,10 +6,11 @@ import math
 import pytest
 from ml_collections import ConfigDict
 
-from configs import benchmark
-from ssl4eo_jax.bench.projection import (MFUS, TARGETS, Line, encoder_forward_flops, grid_lines,
-                                         projection_table)
+from ssl4eo_jax.bench.projection import MFUS, TARGETS, Line, encoder_forward_flops, grid_lines, projection_table
 from ssl4eo_jax.benchmark.grid import expand
+from ssl4eo_jax.presets.files import load_config_module
+
+benchmark = load_config_module("benchmark")
 
 
 def resnet18_macs(size: int, bands: int, width: int = 64) -> int:

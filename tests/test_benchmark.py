@@ -5,13 +5,15 @@ import os
 
 import pytest
 
-from configs import benchmark
 from ssl4eo_jax.benchmark import driver
 from ssl4eo_jax.benchmark.figures import FIGURES
 from ssl4eo_jax.benchmark.grid import expand
 from ssl4eo_jax.data.manifest import DatasetError
 from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.presets.files import load_config_module
 from ssl4eo_jax.tensorboard_events import grid_tag
+
+benchmark = load_config_module("benchmark")
 
 
 def test_test_preset_runs_every_experiment_and_resumes(tmp_path):

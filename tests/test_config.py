@@ -6,7 +6,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import barlow, common
+from ssl4eo_jax.presets import pretrain as common
+from ssl4eo_jax.presets.files import load_config_module
+
+barlow = load_config_module("barlow")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

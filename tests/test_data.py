@@ -6,11 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from data_prep import demo
-from data_prep.stats import BandStats
-from data_prep.writer import BadPatch, PatchRecord, write_split
-from ssl4eo_jax.data import DatasetError, load_manifest, open_split
+from ssl4eo_jax.data import DatasetError, demo, load_manifest, open_split
 from ssl4eo_jax.data.records import decode_record, encode_record
+from ssl4eo_jax.data.stats import BandStats
+from ssl4eo_jax.data.writer import BadPatch, PatchRecord, write_split
 
 
 def test_record_round_trip_is_lossless():

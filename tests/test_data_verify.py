@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep.writer import PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.data import DatasetError, load_manifest, open_split
 from ssl4eo_jax.data.manifest import write_manifest
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import PatchRecord, band_stats_entry, write_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"train": 10, "val": 3}
@@ -90,10 +90,11 @@ def test_manifest_records_name_count_size_and_sha256_of_every_shard(data):
 
 
 def test_a_converter_records_shard_info_through_its_summary(tmp_path):
-    from prep_helpers import convert
     from test_prep_eurosat import make_archive
 
     from data_prep import eurosat
+
+    from prep_helpers import convert
 
     src = make_archive(str(tmp_path / "src"), per_class=1)
     manifest = convert(eurosat, "--src", src, "--out", tmp_path / "out", "--records-per-shard", "2")
@@ -277,7 +278,7 @@ def test_a_shard_that_the_reader_rejects_names_the_record(data):
 
 
 def test_the_cached_demo_data_repairs_a_deleted_shard(tmp_path, caplog):
-    from data_prep.demo import ensure_demo_dataset
+    from ssl4eo_jax.data.demo import ensure_demo_dataset
 
     kwargs = dict(cache_dir=str(tmp_path), sizes={"train": 8, "val": 4}, size=12, progress=False)
     out = ensure_demo_dataset(**kwargs)

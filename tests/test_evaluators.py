@@ -13,11 +13,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score
 
-from configs.common import apply_overrides
-from configs.eval import finetune as finetune_config, knn as knn_config, linear as linear_config
-from data_prep.demo import generate
 from ssl4eo_jax import evaluate, sharding, train
 from ssl4eo_jax.data import load_manifest
+from ssl4eo_jax.data.demo import generate
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.evaluators import linear_eval
@@ -30,9 +28,13 @@ from ssl4eo_jax.evaluators.metrics import per_batch_metrics
 from ssl4eo_jax.evaluators.transfer import band_map, data_stats, resolve_band_map
 from ssl4eo_jax.interop.normalisation import Normalisation
 from ssl4eo_jax.methods.base import build_encoder
+from ssl4eo_jax.presets.files import load_config_module
+from ssl4eo_jax.presets.pretrain import apply_overrides
 from ssl4eo_jax.report import read_metrics
 
 from conftest import TINY_PATCH, TINY_SIZES, tiny_config
+
+finetune_config, knn_config, linear_config = (load_config_module(f"eval/{name}") for name in ("finetune", "knn", "linear"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

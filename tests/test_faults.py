@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from data_prep.writer import FAULT_ENV
+from ssl4eo_jax.data.writer import FAULT_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -55,3 +55,33 @@ def test_accelerator_extras_match_the_pinned_jax():
             pjrt = f"jax-{extra}-pjrt"
             assert ours[pjrt] == f"=={version('jax')}", (extra, ours)
             assert f"jax-{extra}-plugin[with-cuda]" in " ".join(requirements)
+
+
+def _imported_top_levels(package: str) -> dict[str, set[str]]:
+    """Top-level modules each file of ``package`` imports (function-level imports included)."""
+    found: dict[str, set[str]] = {}
+    for root, _, files in os.walk(os.path.join(ROOT, package)):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            mods = set()
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.Import):
+                    mods |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    mods.add(node.module.split(".")[0])
+            found[os.path.relpath(path, ROOT)] = mods
+    return found
+
+
+def test_package_boundaries_run_one_way():
+    """The library imports neither the config files nor the converters; the configs import only the
+    library (and ml_collections); nothing installs a top-level package named ``configs``."""
+    library = {f: m & {"configs", "data_prep"} for f, m in _imported_top_levels("ssl4eo_jax").items()}
+    assert {f: m for f, m in library.items() if m} == {}
+    configs = {f: m & {"configs", "data_prep"} for f, m in _imported_top_levels("configs").items()}
+    assert {f: m for f, m in configs.items() if m} == {}
+    assert not os.path.exists(os.path.join(ROOT, "configs", "__init__.py"))
+    packages = open(os.path.join(ROOT, "setup.py")).read().split("packages=find_packages(include=")[1].split(")")[0]
+    assert "configs" not in packages and '"ssl4eo_jax"' in packages

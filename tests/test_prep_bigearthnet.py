@@ -6,13 +6,14 @@ import os
 
 import numpy as np
 import pytest
-from prep_helpers import REALDATA, convert, needs_realdata, read_split, read_tif, write_tif
 
 from data_prep import bigearthnet
 from data_prep import bigearthnet_classes as nomenclature
 from data_prep.resample import resize
-from data_prep.writer import BadPatch
 from ssl4eo_jax.data.manifest import DatasetError
+from ssl4eo_jax.data.writer import BadPatch
+
+from prep_helpers import REALDATA, convert, needs_realdata, read_split, read_tif, write_tif
 
 PIXEL = {120: 10.0, 60: 20.0, 20: 60.0}
 LABELS = {  # S2 patch -> 43-class names (the last one has no 19-class target)

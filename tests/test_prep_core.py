@@ -6,9 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
-from prep_helpers import convert
 
 from data_prep import bands, inspect, lists, resample
+
+from prep_helpers import convert
 
 
 def test_bilinear_matches_pillow_when_upsampling():
@@ -97,8 +98,8 @@ def test_inspect_prints_the_summary_and_writes_a_preview(tmp_path, capsys):
 
 
 def _record(stop_at, item):
-    from data_prep.writer import PatchRecord
     from ssl4eo_jax.data.records import encode_record
+    from ssl4eo_jax.data.writer import PatchRecord
 
     if item == stop_at:
         raise KeyboardInterrupt  # what Ctrl-C raises in the converting process
@@ -109,7 +110,7 @@ def _record(stop_at, item):
 def test_ctrl_c_leaves_only_complete_shards_and_a_rerun_finishes_them(tmp_path):
     import functools
 
-    from data_prep.writer import write_split
+    from ssl4eo_jax.data.writer import write_split
 
     items = [f"f{i}" for i in range(10)]
     with pytest.raises(KeyboardInterrupt):

@@ -5,12 +5,13 @@ import os
 
 import numpy as np
 import pytest
-from prep_helpers import REALDATA, convert, needs_realdata, read_split, read_tif, shard_digests, write_tif
 
 from data_prep import eurosat
-from data_prep.writer import BadPatch
 from ssl4eo_jax.data import load_manifest
 from ssl4eo_jax.data.manifest import DatasetError
+from ssl4eo_jax.data.writer import BadPatch
+
+from prep_helpers import REALDATA, convert, needs_realdata, read_split, read_tif, shard_digests, write_tif
 
 PER_CLASS = 5
 

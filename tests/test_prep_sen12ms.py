@@ -5,11 +5,12 @@ import pickle
 
 import numpy as np
 import pytest
-from prep_helpers import REALDATA, convert, needs_realdata, read_split, write_tif
 
 from data_prep import sen12ms
 from data_prep.lists import read_names
-from data_prep.writer import BadPatch
+from ssl4eo_jax.data.writer import BadPatch
+
+from prep_helpers import REALDATA, convert, needs_realdata, read_split, write_tif
 
 # (season, scene, patches): scene 124 of spring is a hold-out (test) scene, 112 a validation scene.
 SCENES = [("ROIs1158_spring", 124, (100, 101)), ("ROIs1158_spring", 112, (30,)), ("ROIs1970_fall", 2, (7, 8))]

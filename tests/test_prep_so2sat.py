@@ -4,11 +4,12 @@ import os
 
 import numpy as np
 import pytest
-from prep_helpers import convert, read_split
 
 from data_prep import so2sat
-from data_prep.writer import BadPatch
 from ssl4eo_jax.data.manifest import DatasetError
+from ssl4eo_jax.data.writer import BadPatch
+
+from prep_helpers import convert, read_split
 
 COUNTS = {"training.h5": 300, "validation.h5": 20, "testing.h5": 30}
 

@@ -4,12 +4,13 @@ import os
 
 import numpy as np
 import pytest
-from prep_helpers import REALDATA, convert, needs_realdata, read_split, read_tif, write_tif
 
 from data_prep import ssl4eo_s12
 from data_prep.resample import resize
-from data_prep.writer import BadPatch
 from ssl4eo_jax.data.records import decode_header
+from ssl4eo_jax.data.writer import BadPatch
+
+from prep_helpers import REALDATA, convert, needs_realdata, read_split, read_tif, write_tif
 
 DATES = ("20200604T054639_20200604T054831_T43RCP", "20200823T054639_20200823T055618_T43RCP",
          "20201112T054639_20201112T054831_T43RCP", "20210210T054639_20210210T054831_T43RCP")

@@ -4,21 +4,22 @@ reference's values."""
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
 import pytest
 
 from ssl4eo_jax import short_run
+from ssl4eo_jax.methods import METHODS
 from ssl4eo_jax.methods.targets import momentum_at
+from ssl4eo_jax.presets.files import load_config_module
 
 DEMO = short_run.RunSize(train_size=4000, global_batch=256, total_steps=219)  # 14 epochs
 GRID = short_run.RunSize(train_size=1000, global_batch=64, total_steps=31)  # configs/benchmark.py:demo
 
 
 def _resolved(method: str, run: short_run.RunSize, arg: str | None = None) -> tuple[dict, list[str]]:
-    config = importlib.import_module(f"configs.{method}").get_config(arg)
+    config = load_config_module(method).get_config(arg)
     lines = short_run.resolve(config, run)
     return config, lines
 
@@ -75,21 +76,21 @@ def test_demo_values_of_the_size_rules():
 
 
 def test_values_set_on_the_command_line_are_kept():
-    config = importlib.import_module("configs.byol").get_config(None)
+    config = load_config_module("byol").get_config(None)
     config.byol.momentum = 0.99
     lines = short_run.resolve(config, DEMO)
     assert config.byol.momentum == 0.99
     assert not any(line.startswith("byol.momentum") for line in lines)
 
 
-@pytest.mark.parametrize("method", ["mocov2", "swav", "simsiam", "barlow", "byol", "simclr", "vicreg", "dino"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_real_dataset_presets_resolve_nothing(method):
     config, lines = _resolved(method, short_run.RunSize(269_695, 256, 105_300), "bigearthnet")
     assert lines == [] and short_run.unresolved(config) == []
 
 
 def test_unknown_momentum_schedule_names_the_key():
-    config = importlib.import_module("configs.mocov2").get_config(None)
+    config = load_config_module("mocov2").get_config(None)
     config.mocov2.momentum_schedule = "linear"
     with pytest.raises(short_run.ConfigError, match=r"config\.mocov2\.momentum_schedule='linear'"):
         short_run.resolve(config, DEMO)

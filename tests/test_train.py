@@ -8,6 +8,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from test_tensorboard import check_events
 
 from ssl4eo_jax import sharding, train
 from ssl4eo_jax.checkpoint import IncompatibleCheckpointError
@@ -18,7 +19,6 @@ from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.report import read_metrics
 
 from conftest import tiny_config
-from test_tensorboard import check_events
 
 
 def _losses_on(devices, config, manifest, steps=3):
@@ -117,10 +117,10 @@ def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(demo_dir):
 
 def _multidate_dataset(root: str) -> str:
     """A tiny dataset whose records hold 3 dates (T, H, W, C), as SSL4EO-S12's converter writes."""
-    from data_prep import demo
-    from data_prep.writer import PatchRecord, band_stats_entry, write_split
+    from ssl4eo_jax.data import demo
     from ssl4eo_jax.data.manifest import write_manifest
     from ssl4eo_jax.data.records import encode_record
+    from ssl4eo_jax.data.writer import PatchRecord, band_stats_entry, write_split
 
     def record(split_seed: int, index: int) -> PatchRecord:
         rng = np.random.default_rng([split_seed, index])

@@ -11,7 +11,7 @@ milestones 60/80: override ``config.train.base_lr``, ``epochs`` and ``optim.mile
 Checkpoints go to ``<workdir>/checkpoints``; re-running the command resumes.
 """
 
-from configs.eval.common import get_eval_config
+from ssl4eo_jax.presets.evaluation import get_eval_config
 
 
 def get_config(arg: str | None = None):

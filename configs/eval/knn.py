@@ -5,7 +5,7 @@ multi-label: the weighted average of the neighbours' label vectors).
         [--config.eval.knn.k=20] [--config.eval.knn.temperature=0.07] --workdir=W
 """
 
-from configs.eval.common import get_eval_config
+from ssl4eo_jax.presets.evaluation import get_eval_config
 
 
 def get_config(arg: str | None = None):

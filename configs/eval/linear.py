@@ -13,7 +13,7 @@ encoder with BatchNorm in train mode, SGD momentum 0.9 without weight decay, ste
 as the reference reports it. Metrics on the val and test splits, computed over the whole split.
 """
 
-from configs.eval.common import get_eval_config
+from ssl4eo_jax.presets.evaluation import get_eval_config
 
 
 def get_config(arg: str | None = None):

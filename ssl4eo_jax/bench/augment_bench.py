@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from configs import common
 from ssl4eo_jax import augment
 from ssl4eo_jax.bench.timing import time_jitted
+from ssl4eo_jax.presets import pretrain as common
 
 
 def augment_images_per_sec(batch: int, patch: int, crop: int, bands: int = 13, iters: int = 10,

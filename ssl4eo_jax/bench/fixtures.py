@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 
-from data_prep.writer import PatchRecord, band_stats_entry, write_split
 from ssl4eo_jax.data.manifest import write_manifest
 from ssl4eo_jax.data.records import encode_record
+from ssl4eo_jax.data.writer import PatchRecord, band_stats_entry, write_split
 
 BANDS13 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 GSD = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10, "B8A": 20,

@@ -62,8 +62,8 @@ def split_sizes(config: Any, name: str) -> tuple[tuple[int, int, int], tuple[int
         manifest = load_manifest(directory)
         sizes = tuple(manifest.split_size(s) if s in manifest.splits else 0 for s in ("train", "val", "test"))
         return sizes, tuple(manifest.shape[-3:])
-    if name.startswith("demo"):  # the synthetic stand-ins, at the preset's sizes (data_prep.demo)
-        from data_prep.demo import DEFAULT_SIZES, VARIANTS
+    if name.startswith("demo"):  # the synthetic stand-ins, at the preset's sizes (ssl4eo_jax.data.demo)
+        from ssl4eo_jax.data.demo import DEFAULT_SIZES, VARIANTS
 
         sizes = tuple(int(config.data.get(f"demo_{s}", DEFAULT_SIZES[s])) for s in ("train", "val", "test"))
         size = int(config.data.get("demo_size", 48))

@@ -3,7 +3,6 @@ achieved TFLOP/s, MFU and a breakdown into augmentation, forward/backward and up
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Any
 
@@ -17,6 +16,8 @@ from ssl4eo_jax.bench.timing import time_jitted
 from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.precision import compute_dtype
+from ssl4eo_jax.presets.files import get_config
+from ssl4eo_jax.presets.pretrain import apply_overrides
 
 # Dense bf16 peak TFLOP/s per chip, by jax device_kind prefix.
 KNOWN_PEAKS = {
@@ -44,9 +45,8 @@ def bench_config(method: str, batch: int, crop: int, dtype: str | None,
                  overrides: dict[str, Any] | None = None) -> Any:
     """The method's BigEarthNet config at the given batch, view size and dtype; ``overrides``
     (``{"model.width": 8}``) shrink it for the tests."""
-    from configs.common import apply_overrides
 
-    config = importlib.import_module(f"configs.{method}").get_config("bigearthnet")
+    config = get_config(method, "bigearthnet")
     config.data.global_batch = batch
     config.aug.crop_size = crop
     if dtype:

@@ -16,7 +16,6 @@ from their checkpoints). Cells of different experiments with the same evaluation
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -25,14 +24,15 @@ from typing import Any
 
 import jax
 import ml_collections
-from ssl4eo_jax.progress import progress
 
-from configs.common import apply_overrides
 from ssl4eo_jax import evaluate, train
 from ssl4eo_jax.benchmark import figures
-from ssl4eo_jax.benchmark.grid import Cell, datasets_used, expand
+from ssl4eo_jax.benchmark.grid import Cell, datasets_used, expand, grid_configs_dir
 from ssl4eo_jax.data.datasets import CONVERTERS
 from ssl4eo_jax.data.manifest import MANIFEST_NAME, DatasetError
+from ssl4eo_jax.presets.files import get_config
+from ssl4eo_jax.presets.pretrain import apply_overrides
+from ssl4eo_jax.progress import progress
 from ssl4eo_jax.report import write_json
 from ssl4eo_jax.tensorboard_events import write_grid_events
 
@@ -61,7 +61,7 @@ def _data_overrides(config: Any, name: str) -> dict[str, Any]:
 def pretrain_config(config: Any, cell: Cell) -> ml_collections.ConfigDict:
     """``configs/<method>.py:<dataset>[,aug=<arm>]`` with the preset's overrides, evaluation off."""
     arg = cell.pretrain if cell.aug == "full" else f"{cell.pretrain},aug={cell.aug}"
-    cfg = importlib.import_module(f"configs.{cell.method}").get_config(arg)
+    cfg = get_config(cell.method, arg, grid_configs_dir(config))
     apply_overrides(cfg, {"data": _data_overrides(config, cell.pretrain), "model": config.model})
     apply_overrides(cfg, config.pretrain)
     apply_overrides(cfg, config.method_overrides.get(cell.method, {}))
@@ -72,7 +72,7 @@ def pretrain_config(config: Any, cell: Cell) -> ml_collections.ConfigDict:
 
 def eval_config(config: Any, cell: Cell, checkpoint: str) -> ml_collections.ConfigDict:
     """``configs/eval/<protocol>.py:<target>`` for the cell, with the preset's overrides."""
-    cfg = importlib.import_module(f"configs.eval.{cell.protocol}").get_config(cell.target)
+    cfg = get_config(f"eval/{cell.protocol}", cell.target, grid_configs_dir(config))
     apply_overrides(cfg, {"data": _data_overrides(config, cell.target), "model": config.model})
     apply_overrides(cfg, config.eval_overrides.get("all", {}))
     apply_overrides(cfg, config.eval_overrides.get(cell.protocol, {}))

@@ -15,9 +15,9 @@ from typing import Any
 
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods import METHODS
+from ssl4eo_jax.presets.files import configs_dir
 
 BASELINES = ("random", "supervised")
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +42,15 @@ class Cell:
         return f"{self.method}_{self.pretrain}_{self.aug}_s{self.seed}" if self.pretrain else None
 
 
-def available_methods(methods: Any) -> list[str]:
+def grid_configs_dir(config: Any) -> str:
+    """Where the grid's method and evaluation config files are: beside the benchmark config."""
+    return config.get("configs_dir") or configs_dir()
+
+
+def available_methods(methods: Any, directory: str) -> list[str]:
     """The preset's methods, each checked to have a registered implementation and a config file."""
     for name in methods:
-        if name not in METHODS or not os.path.isfile(os.path.join(CONFIGS_DIR, f"{name}.py")):
+        if name not in METHODS or not os.path.isfile(os.path.join(directory, f"{name}.py")):
             raise ConfigError(f"Benchmark method {name!r} is unknown: choose from {sorted(METHODS)} "
                               f"(ssl4eo_jax.methods.METHODS with a configs/<method>.py).")
     return list(methods)
@@ -57,7 +62,7 @@ def _baseline_protocol(baseline: str) -> str:
 
 def expand(config: Any) -> list[Cell]:
     """Every cell of ``config.experiments``' enabled experiments, in run order, without duplicates."""
-    methods = available_methods(config.methods)
+    methods = available_methods(config.methods, grid_configs_dir(config))
     ex = config.experiments
     cells: list[Cell] = []
 
@@ -77,7 +82,7 @@ def expand(config: Any) -> list[Cell]:
         for dataset in ex.methods.datasets:
             block("methods", dataset, dataset, (1.0,), ex.methods.protocols, ex.methods.baselines)
     if ex.augment.enabled:
-        available_methods((ex.augment.method,))
+        available_methods((ex.augment.method,), grid_configs_dir(config))
         for arm in ex.augment.arms:
             add("augment", ex.augment.method, ex.augment.dataset, arm, 1.0, "linear", ex.augment.dataset)
     if ex.fractions.enabled:

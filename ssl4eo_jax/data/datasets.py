@@ -18,11 +18,11 @@ CONVERTERS = {
 
 def resolve_data_dir(data_cfg: Any, progress: bool = True) -> str:
     """``config.data.dir`` if set; the cached demo dataset for ``name='demo'`` (or a demo variant such
-    as ``demo_ben``, see ``data_prep.demo.VARIANTS``); else a clear error."""
+    as ``demo_ben``, see ``ssl4eo_jax.data.demo.VARIANTS``); else a clear error."""
     if data_cfg.get("dir"):
         return str(data_cfg.dir)
     if data_cfg.name.startswith("demo"):
-        from data_prep.demo import ensure_demo_dataset
+        from ssl4eo_jax.data.demo import ensure_demo_dataset
 
         return ensure_demo_dataset(
             cache_dir=data_cfg.get("cache_dir"), size=data_cfg.demo_size, seed=data_cfg.demo_seed,

@@ -21,7 +21,7 @@ Every converter in ``data_prep/`` (and the demo generator) writes one into its o
 
 Each split lists its shard file names in ``shards`` (record order) and, since the shard checks were
 added, the same shards in ``shard_info``: per shard its file ``name``, its ``records`` (count), its
-size in ``bytes`` and the ``sha256`` (hex) of the file, recorded by ``data_prep.writer`` when the
+size in ``bytes`` and the ``sha256`` (hex) of the file, recorded by ``ssl4eo_jax.data.writer`` when the
 shard is written. The ``records`` add up to the split's ``size``. Opening a split
 (``ssl4eo_jax.data.integrity.check_split``, every run) checks that each shard exists with its byte
 size and record count; ``python -m data_prep.verify DIR`` also checks the checksums (and with

@@ -7,7 +7,6 @@ and the same initial weights.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import subprocess
@@ -19,12 +18,13 @@ import jax
 import numpy as np
 import torch
 
-from configs import common
 from ssl4eo_jax import sharding, train
 from ssl4eo_jax.bench.torch_resnet import ResNet as TorchResNet
 from ssl4eo_jax.interop.resnet_weights import encoder_to_state_dict
 from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.optim import make_optimizer
+from ssl4eo_jax.presets import pretrain as common
+from ssl4eo_jax.presets.files import load_config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Sizes of the step-equivalence runs: float32 on the CPU, tiny but every layer of a ResNet-18.
@@ -37,7 +37,7 @@ NOISE_FACTOR = 2.0
 
 def method_config(name: str, **overrides: Any):
     """``configs/<name>.py:demo`` at test size (float32, ResNet-18 of width ``WIDTH``)."""
-    config = importlib.import_module(f"configs.{name}").get_config("demo")
+    config = load_config_module(name).get_config("demo")
     config.data.global_batch = BATCH
     config.aug.crop_size = SIZE
     config.model.width = WIDTH

@@ -29,11 +29,11 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from ssl4eo_jax.progress import progress as progress_bar
 
-from data_prep.stats import BandStats
 from ssl4eo_jax.data.integrity import count_records, file_sha256
 from ssl4eo_jax.data.manifest import DatasetError, ShardInfo
+from ssl4eo_jax.data.stats import BandStats
+from ssl4eo_jax.progress import progress as progress_bar
 
 # group_size:1 for Grain's random access. zstd level 1: on 120 px 13-band uint16 patches it reads
 # 1.6x faster than ArrayRecord's default zstd level and stores within 2 % of its size; snappy and

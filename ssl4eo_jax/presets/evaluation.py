@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common
+from ssl4eo_jax.presets import pretrain as common
 
 REFERENCE_GLOBAL_BATCH = 1024
 

@@ -33,7 +33,7 @@ DATASET_PRESETS = {
                        log_every=50, checkpoint_every=1000),
 }
 # The demo's stand-ins for BigEarthNet (12 bands, multi-label), So2Sat (10 bands) and EuroSAT
-# (13 bands) are synthetic like the demo and train with its settings (data_prep.demo.VARIANTS).
+# (13 bands) are synthetic like the demo and train with its settings (ssl4eo_jax.data.demo.VARIANTS).
 DATASET_PRESETS.update({name: DATASET_PRESETS["demo"] for name in ("demo_ben", "demo_so2sat", "demo_eurosat")})
 
 
