@@ -24,11 +24,30 @@ import orbax.checkpoint as ocp
 from ssl4eo_jax.errors import UserError
 
 # Settings that change the state's structure or the data stream: a checkpoint is only resumable
-# when they match. (Epochs/steps may grow: resuming to train longer is allowed.)
+# when they match. (Epochs/steps may grow: resuming to train longer is allowed.) Pre-training also
+# matches every key of its method's section.
 COMPATIBILITY_KEYS = (
     "method", "model.name", "model.stem", "model.width", "data.global_batch", "data.name", "data.dir",
     "optim.name", "seed",
 )
+# A trained classifier (fine-tuning, the reference linear probe): the encoder it starts from, the
+# data, its batch and optimizer, the labelled subset and the random streams.
+CLASSIFIER_KEYS = (
+    "task", "checkpoint", "normalisation", "encoder_bands", "seed", "model.name", "model.stem", "model.width",
+    "data.name", "data.dir", "train.batch", "train.seed", "train.optim.name", "train.aug.crop_size",
+    "eval.protocol", "eval.label_fraction", "eval.fraction_seed", "eval.fraction_with_replacement",
+)
+
+
+def resume_keys(config: dict[str, Any]) -> list[str]:
+    """The keys a checkpoint's config must share with ``config`` to be resumed by it."""
+    if config.get("task", "pretrain") != "pretrain":
+        return list(CLASSIFIER_KEYS)
+    keys = list(COMPATIBILITY_KEYS)
+    method = config.get("method")
+    if method and isinstance(config.get(method), dict):
+        keys += [f"{method}.{k}" for k in config[method]]
+    return keys
 
 
 class IncompatibleCheckpointError(UserError):
@@ -46,12 +65,8 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
 
 def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Human-readable differences between two configs in the keys that must match."""
-    keys = list(COMPATIBILITY_KEYS)
-    method = current.get("method")
-    if method and isinstance(current.get(method), dict):
-        keys += [f"{method}.{k}" for k in current[method]]
     out = []
-    for key in keys:
+    for key in resume_keys(current):
         a, b = _get(saved, key), _get(current, key)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a = list(a) if isinstance(a, (list, tuple)) else a

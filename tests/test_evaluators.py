@@ -3,6 +3,7 @@ band mapping for transfer, and the eval configs on real checkpoints."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import torch
 from sklearn.metrics import accuracy_score, average_precision_score
 
 from ssl4eo_jax import evaluate, sharding, train
+from ssl4eo_jax.checkpoint import IncompatibleCheckpointError
 from ssl4eo_jax.data import load_manifest
 from ssl4eo_jax.data.demo import generate
 from ssl4eo_jax.data.source import SplitSource
@@ -252,6 +254,24 @@ def test_finetuning_lowers_its_loss_and_resumes(demo_dir, tmp_path):
     _, _, more = train_classifier(task, cfg, source, mesh, workdir, {"steps": 14}, freeze_encoder=False)
     assert more["resumed_from"] == 12 and more["steps"] == 14
     assert [r["step"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))] == list(range(1, 15))
+
+
+def test_a_finetuning_workdir_refuses_another_encoder_batch_or_label_fraction(demo_dir, run_dir, tmp_path):
+    """Resuming fine-tuning with another encoder checkpoint, batch or label fraction would mix two
+    runs in one checkpoint: the run stops before training and names the keys."""
+    workdir = str(tmp_path / "ft")
+    base = dict(**{"train.steps": 2, "train.checkpoint_every": 1, "eval.linear.epochs": 1})
+    evaluate.run(_eval_config(finetune_config, demo_dir, run_dir, **base), workdir)
+    changes = {"checkpoint": ("random", "config.checkpoint"),
+               "train.batch": (16, "config.train.batch: checkpoint has 32, this run has 16"),
+               "eval.label_fraction": (0.5, "config.eval.label_fraction: checkpoint has 1.0, this run has 0.5")}
+    for key, (value, named) in changes.items():
+        config = _eval_config(finetune_config, demo_dir, run_dir, **base)
+        apply_overrides(config, {key: value})
+        with pytest.raises(IncompatibleCheckpointError, match=re.escape(named)):
+            evaluate.run(config, workdir)
+    more = _eval_config(finetune_config, demo_dir, run_dir, **{**base, "train.steps": 3})  # longer: resumes
+    assert evaluate.run(more, workdir)["training"]["resumed_from"] == 2
 
 
 def test_reference_probe_freezes_weights_but_updates_batchnorm(demo_dir, tmp_path):
