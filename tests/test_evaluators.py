@@ -260,7 +260,7 @@ def test_a_finetuning_workdir_refuses_another_encoder_batch_or_label_fraction(de
     """Resuming fine-tuning with another encoder checkpoint, batch or label fraction would mix two
     runs in one checkpoint: the run stops before training and names the keys."""
     workdir = str(tmp_path / "ft")
-    base = dict(**{"train.steps": 2, "train.checkpoint_every": 1, "eval.linear.epochs": 1})
+    base = {"train.steps": 2, "train.checkpoint_every": 1, "eval.linear.epochs": 1}
     evaluate.run(_eval_config(finetune_config, demo_dir, run_dir, **base), workdir)
     changes = {"checkpoint": ("random", "config.checkpoint"),
                "train.batch": (16, "config.train.batch: checkpoint has 32, this run has 16"),

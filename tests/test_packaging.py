@@ -85,3 +85,20 @@ def test_package_boundaries_run_one_way():
     assert not os.path.exists(os.path.join(ROOT, "configs", "__init__.py"))
     packages = open(os.path.join(ROOT, "setup.py")).read().split("packages=find_packages(include=")[1].split(")")[0]
     assert "configs" not in packages and '"ssl4eo_jax"' in packages
+
+
+def test_a_wrong_configs_directory_is_refused_not_replaced(monkeypatch, tmp_path):
+    """``$SSL4EO_JAX_CONFIGS`` set to a folder without configs is an error naming it, never a silent
+    fall-back to the checkout's configs/."""
+    import pytest
+
+    from ssl4eo_jax.errors import ConfigError
+    from ssl4eo_jax.presets.files import ENV, configs_dir, load_config_module
+
+    monkeypatch.setenv(ENV, str(tmp_path))
+    with pytest.raises(ConfigError, match=f"{ENV}={tmp_path} holds no config files"):
+        configs_dir()
+    monkeypatch.setenv(ENV, os.path.join(ROOT, "configs"))
+    assert configs_dir() == os.path.join(ROOT, "configs")
+    with pytest.raises(ConfigError, match="No config file .*barlw.py; the configs there: barlow"):
+        load_config_module("barlw")

@@ -2,8 +2,8 @@
 
 ``configs/`` is a directory of the source tree, not an installed package. The benchmark grid finds
 it next to its own config file (``config.configs_dir``, set by ``configs/benchmark.py``); other
-callers use ``configs_dir()``: ``$SSL4EO_JAX_CONFIGS``, else ``configs/`` beside the package in a
-source checkout (``pip install -e .``), else ``./configs``.
+callers use ``configs_dir()``: ``$SSL4EO_JAX_CONFIGS`` (an error if it holds no configs), else
+``configs/`` beside the package in a source checkout (``pip install -e .``), else ``./configs``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ _CHECKOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 
 def configs_dir() -> str:
     """The ``configs/`` directory (see the module docstring for the order it is looked up in)."""
-    for path in (os.environ.get(ENV), _CHECKOUT, os.path.abspath("configs")):
-        if path and os.path.isfile(os.path.join(path, "barlow.py")):
+    chosen = os.environ.get(ENV)
+    if chosen:  # asked for explicitly: use it or say why not, never fall back silently
+        if not os.path.isfile(os.path.join(chosen, "barlow.py")):
+            raise ConfigError(f"{ENV}={chosen} holds no config files (no barlow.py there): point it at the "
+                              "repository's configs/ directory.")
+        return chosen
+    for path in (_CHECKOUT, os.path.abspath("configs")):
+        if os.path.isfile(os.path.join(path, "barlow.py")):
             return path
     raise ConfigError(f"No configs/ directory found (looked in ${ENV}, {_CHECKOUT} and ./configs): run from the "
                       f"repository root or set {ENV}=<repository>/configs.")
