@@ -19,6 +19,11 @@ import ml_collections
 
 from ssl4eo_jax.presets import pretrain as common
 
+# Toy scale for the tests (tests/test_methods.py: 32 px crops, a ResNet-18 of width 16, a constant lr
+# for 16 steps): small heads. TINY_LR_FACTOR multiplies this config's lr.
+TINY = {"barlow.projector": (64, 64, 64)}
+TINY_LR_FACTOR = 8.0
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config("barlow", arg)

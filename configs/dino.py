@@ -27,6 +27,13 @@ import ml_collections
 
 from ssl4eo_jax.presets import pretrain as common
 
+# Toy scale for the tests (tests/test_methods.py: 32 px crops, a ResNet-18 of width 16, a constant lr
+# for 16 steps): small heads, 2 local views, no last-layer freezing; the teacher follows the student in a short
+# run (momentum 0.99 instead of 0.996). TINY_LR_FACTOR multiplies this config's lr.
+TINY = {"dino.out_dim": 64, "dino.hidden": (64, 64), "dino.bottleneck": 32, "aug.local_views": 2,
+        "dino.freeze_last_layer": 0.0, "dino.momentum_teacher": 0.99}
+TINY_LR_FACTOR = 3.0
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config("dino", arg)

@@ -25,6 +25,12 @@ import ml_collections
 
 from ssl4eo_jax.presets import pretrain as common
 
+# Toy scale for the tests (tests/test_methods.py: 32 px crops, a ResNet-18 of width 16, a constant lr
+# for 16 steps): small heads; a queue of one batch (the tests' 32), so that with two alternating batches it only
+# ever holds the other batch's keys; the key network follows in a short run (momentum 0.99). TINY_LR_FACTOR multiplies this config's lr.
+TINY = {"mocov2.projector": (64, 32), "mocov2.queue_size": 32, "mocov2.momentum": 0.99}
+TINY_LR_FACTOR = 8.0
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config("mocov2", arg)

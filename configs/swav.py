@@ -26,6 +26,13 @@ import ml_collections
 
 from ssl4eo_jax.presets import pretrain as common
 
+# Toy scale for the tests (tests/test_methods.py: 32 px crops, a ResNet-18 of width 16, a constant lr
+# for 16 steps): small heads; no queue, which the reference starts only at epoch 15 (tests/test_methods.py tests
+# the queue on its own). TINY_LR_FACTOR multiplies this config's lr.
+TINY = {"swav.hidden_mlp": 64, "swav.feat_dim": 32, "swav.prototypes": 16, "swav.queue_length": 0,
+        "swav.freeze_prototypes_niters": 3}
+TINY_LR_FACTOR = 1.0
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config("swav", arg)

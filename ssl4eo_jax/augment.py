@@ -11,28 +11,35 @@ grayscale, solarize, noise, band drop) follow in config order. (The reference ap
 the colour ops; blur commutes with brightness and grayscale exactly and with contrast up to border
 effects.)
 
-Ops work on float data normalised with the manifest's band statistics; ops defined on physical
-values (brightness, grayscale) use those statistics to act on the physical signal.
+Ops act on the **physical values** as stored (reflectances, backscatter), in float32; each view is
+normalised with the band statistics only at the end (``(x - mean) / std``), then mapped onto the
+encoder's bands when a transfer needs it. So pre-training and fine-tuning augment identically, and
+brightness, grayscale and zero padding mean what they mean on the physical signal. Parameters given
+in standard-deviation units (solarize's threshold, the noise's std) are converted with the same
+statistics; band drop sets a band to its mean (0 after normalisation).
 
 Randomness: every example's key is ``fold_in(step_key, global_index)``, ``global_index`` being its
 position in the global data stream, so an example's augmentation does not depend on the number of
-devices or hosts, nor on its position in the batch. Views and ops fold in their own ids.
+devices or hosts, nor on its position in the batch. Views fold in their index, ops the CRC-32 of
+their name (``rng.name_id``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from ssl4eo_jax import rng
 from ssl4eo_jax.errors import ConfigError
 
 SPATIAL_OPS = ("crop", "pad_crop", "hflip", "vflip", "rot90", "blur")
 PHOTOMETRIC_OPS = ("brightness_contrast", "brightness", "contrast", "grayscale", "solarize", "noise", "band_drop")
-OP_IDS = {name: i for i, name in enumerate(SPATIAL_OPS + PHOTOMETRIC_OPS + ("season",))}
+# Each op's draws fold in the CRC-32 of its name: adding an op never changes another op's stream.
+OP_IDS = {name: rng.name_id(f"augment/{name}") for name in SPATIAL_OPS + PHOTOMETRIC_OPS + ("season",)}
 
 
 def normalize(images: jnp.ndarray, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
@@ -271,8 +278,8 @@ def _spatial(key: jax.Array, height: int, width: int, spec: ViewSpec) -> tuple[j
 
 
 def _pad_crop_matrices(key: jax.Array, height: int, width: int, size: int, padding: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """torchvision's ``RandomCrop(size, padding)``: a window of the zero-padded image (zero being
-    the band mean on normalised data; the reference pads raw values with 0 before normalising)."""
+    """torchvision's ``RandomCrop(size, padding)``: a window of the image padded with physical
+    zeros, as the reference pads raw values with 0 before normalising."""
     k_top, k_left = jax.random.split(key)
     top = jax.random.randint(k_top, (), 0, height + 2 * padding - size + 1) - padding
     left = jax.random.randint(k_left, (), 0, width + 2 * padding - size + 1) - padding
@@ -285,13 +292,12 @@ def _uniform_factor(key: jax.Array, strength: float) -> jnp.ndarray:
     return jax.random.uniform(key, (), minval=max(0.0, 1.0 - strength), maxval=1.0 + strength)
 
 
-def _brightness(key, x, params, mean, std):
-    """Multiplies the physical signal by f ~ U(1-b, 1+b), expressed on normalised data."""
-    f = _uniform_factor(key, params.get("brightness", 0.4))
-    return f * x + (f - 1.0) * mean / std
+def _brightness(key: jax.Array, x: jnp.ndarray, params: dict[str, Any]) -> jnp.ndarray:
+    """Multiplies the physical signal by f ~ U(1-b, 1+b)."""
+    return _uniform_factor(key, params.get("brightness", 0.4)) * x
 
 
-def _contrast(key, x, params, mean, std):
+def _contrast(key: jax.Array, x: jnp.ndarray, params: dict[str, Any]) -> jnp.ndarray:
     """(x - m) * c + m with m the image's own per-band mean, c ~ U(1-c, 1+c)."""
     c = _uniform_factor(key, params.get("contrast", 0.4))
     m = jnp.mean(x, axis=(0, 1), keepdims=True)
@@ -300,45 +306,45 @@ def _contrast(key, x, params, mean, std):
 
 def _photometric(op: str, key: jax.Array, x: jnp.ndarray, params: dict[str, Any], mean: jnp.ndarray,
                  std: jnp.ndarray) -> jnp.ndarray:
+    """One op on physical values ``x`` (H, W, C); ``mean``/``std`` convert std-unit parameters."""
     k_fire, k_op = jax.random.split(key)
     p = params.get("p", 1.0)
     if op == "brightness_contrast":  # the reference's RandomApply([Brightness, Contrast], p)
         k_b, k_c = jax.random.split(k_op)
-        out = _contrast(k_c, _brightness(k_b, x, params, mean, std), params, mean, std)
+        out = _contrast(k_c, _brightness(k_b, x, params), params)
     elif op == "brightness":
-        out = _brightness(k_op, x, params, mean, std)
+        out = _brightness(k_op, x, params)
     elif op == "contrast":
-        out = _contrast(k_op, x, params, mean, std)
-    elif op == "grayscale":  # mean over bands of the physical signal, broadcast back
-        gray = jnp.mean(x * std + mean, axis=-1, keepdims=True)
-        out = (gray - mean) / std
-    elif op == "solarize":  # values at or above the threshold (in std units) reflected about it
-        t = params.get("threshold", 0.0)
+        out = _contrast(k_op, x, params)
+    elif op == "grayscale":  # mean over bands, broadcast back
+        out = jnp.broadcast_to(jnp.mean(x, axis=-1, keepdims=True), x.shape)
+    elif op == "solarize":  # values at or above mean + threshold * std reflected about it, per band
+        t = mean + params.get("threshold", 0.0) * std
         out = jnp.where(x >= t, 2.0 * t - x, x)
-    elif op == "noise":
-        out = x + params.get("std", 0.1) * jax.random.normal(k_op, x.shape, x.dtype)
-    elif op == "band_drop":  # 1..max_bands whole bands set to 0 (the band mean)
+    elif op == "noise":  # Gaussian noise of ``std`` band standard deviations
+        out = x + params.get("std", 0.1) * std * jax.random.normal(k_op, x.shape, x.dtype)
+    elif op == "band_drop":  # 1..max_bands whole bands set to their mean (0 after normalisation)
         n_bands = x.shape[-1]
         k_n, k_perm = jax.random.split(k_op)
         n = jax.random.randint(k_n, (), 1, min(params.get("max_bands", 6), n_bands) + 1)
         rank = jnp.argsort(jax.random.uniform(k_perm, (n_bands,)))
-        out = jnp.where(rank < n, 0.0, x)
+        out = jnp.where(rank < n, jnp.broadcast_to(mean, x.shape), x)
     else:  # pragma: no cover - view_spec rejects unknown ops
         raise ConfigError(f"Unknown augmentation op {op!r}.")
     return jnp.where(_fires(k_fire, p), out, x)
 
 
 def augment_one(key: jax.Array, image: jnp.ndarray, spec: ViewSpec, mean: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
-    """One augmented view (out, out, C) of one normalised image (H, W, C)."""
+    """One augmented, normalised view (out, out, C) of one image (H, W, C) in physical values."""
     height, width, _ = image.shape
     rows, cols, transpose = _spatial(key, height, width, spec)
-    x = jnp.einsum("oh,hwc,pw->opc", rows, image, cols)
+    x = jnp.einsum("oh,hwc,pw->opc", rows, image.astype(jnp.float32), cols)
     if x.shape[0] == x.shape[1]:
         x = jnp.where(transpose, jnp.swapaxes(x, 0, 1), x)
     for op in spec.ops:
         if op in PHOTOMETRIC_OPS:
             x = _photometric(op, jax.random.fold_in(key, OP_IDS[op]), x, spec.p(op), mean, std)
-    return x
+    return (x - mean) / std
 
 
 # ----------------------------------------------------------------------------- views of a batch
@@ -355,17 +361,20 @@ def _pick_dates(key: jax.Array, n_dates: int, n_views: int) -> jnp.ndarray:
 
 
 def make_views(key: jax.Array, images: jnp.ndarray, index: jnp.ndarray, aug_cfg: Any, mean: jnp.ndarray,
-               std: jnp.ndarray, specs: Sequence[ViewSpec] | None = None) -> list[jnp.ndarray]:
-    """All views of a batch: ``aug_cfg.global_views`` global views, then ``aug_cfg.local_views``.
+               std: jnp.ndarray, specs: Sequence[ViewSpec] | None = None,
+               bands: Callable[[jnp.ndarray], jnp.ndarray] | None = None) -> list[jnp.ndarray]:
+    """All normalised views of a batch: ``aug_cfg.global_views`` global views, then
+    ``aug_cfg.local_views``; ``bands`` maps each normalised view onto the encoder's bands (transfer).
 
-    ``images`` are normalised, (B, H, W, C), or (B, T, H, W, C) for records holding several dates:
-    then every view takes one date (the first two global views two different dates, SSL4EO-S12's
-    season augmentation).
+    ``images`` are physical values in their storage dtype, (B, H, W, C), or (B, T, H, W, C) for
+    records holding several dates: then every view takes one date (the first two global views two
+    different dates, SSL4EO-S12's season augmentation). ``mean``/``std`` are the data's band
+    statistics, in the data's band order.
     """
     if specs is None:
         specs = view_specs(aug_cfg)
     keys = example_keys(key, index)
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
     if images.ndim == 5:
         dates = jax.vmap(lambda k: _pick_dates(jax.random.fold_in(k, OP_IDS["season"]), images.shape[1], len(specs)))(keys)
     views = []
@@ -374,7 +383,8 @@ def make_views(key: jax.Array, images: jnp.ndarray, index: jnp.ndarray, aug_cfg:
         if images.ndim == 5:
             source = jnp.take_along_axis(images, dates[:, v][:, None, None, None, None], axis=1)[:, 0]
         view_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1000 + v))(keys)
-        views.append(jax.vmap(lambda k, im: augment_one(k, im, spec, mean, std))(view_keys, source))
+        view = jax.vmap(lambda k, im: augment_one(k, im, spec, mean, std))(view_keys, source)
+        views.append(view if bands is None else bands(view))
     return views
 
 

@@ -20,24 +20,22 @@ import jax
 import ml_collections
 import numpy as np
 
-from ssl4eo_jax import sharding
+from ssl4eo_jax import rng, sharding
 from ssl4eo_jax.data.datasets import load_dataset_manifest
 from ssl4eo_jax.data.manifest import DatasetError, Manifest
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import ConfigError
-from ssl4eo_jax.evaluators import (frozen_encoder, knn_eval, linear_eval, recompute_bn, split_features,
-                                   split_metrics)
+from ssl4eo_jax.evaluators import frozen_encoder, knn_eval, linear_eval, recompute_bn, split_features, split_metrics
 from ssl4eo_jax.evaluators.finetune import Task, train_classifier
 from ssl4eo_jax.evaluators.fractions import fraction_source
 from ssl4eo_jax.evaluators.linear import head_scores
 from ssl4eo_jax.evaluators.transfer import BandMap, band_map, data_stats, resolve_band_map
-from ssl4eo_jax.methods.base import build_encoder
+from ssl4eo_jax.methods.base import build_encoder, init_encoder
 from ssl4eo_jax.models.resnet import ResNet
 from ssl4eo_jax.report import format_table, write_json
 
 TASKS = ("knn", "linear", "finetune")
 RANDOM = "random"
-INIT_KEY = 0  # the random-init encoder is a pure function of config.seed
 
 
 @dataclasses.dataclass
@@ -62,10 +60,10 @@ def load_target_encoder(config: ml_collections.ConfigDict, manifest: Manifest) -
     mean, std = manifest.band_stats()
     if path == RANDOM:
         module = build_encoder(config.model)
-        key = jax.random.fold_in(jax.random.key(config.seed), INIT_KEY)
         size = config.train.aug.crop_size
-        variables = jax.jit(lambda: dict(module.init(key, np.zeros((2, size, size, manifest.num_bands), np.float32),
-                                                     train=False)))()
+        images = np.zeros((2, size, size, manifest.num_bands), np.float32)
+        # The same weights as pre-training's random-init baseline for this seed and model.
+        variables = jax.jit(lambda: init_encoder(module, rng.stream(config.seed, "init"), images))()
         return Encoder(module, variables, band_map(manifest.bands, manifest.bands), mean, std, True,
                        {"preset": "dataset", "source": "the target dataset's band statistics"})
     from ssl4eo_jax.interop import load_encoder  # imports torch lazily where a file needs it

@@ -228,6 +228,23 @@ def dino(
     return sum(terms) / len(terms)
 
 
+def dino_teacher_entropy(teacher_out: Sequence[jnp.ndarray], center: jnp.ndarray, teacher_temp: float = 0.04
+                         ) -> jnp.ndarray:
+    """The mean entropy of DINO's teacher targets ``softmax((t - center) / teacher_temp)``, stop-gradient.
+
+    Every teacher crop meets the same number of student crops in ``dino``, so ``dino(...) - this``
+    is the mean KL divergence from the targets to the student: the paper's two collapse signals
+    (Caron et al. 2021, Fig. 7): the entropy reaches log K under uniform collapse, the KL 0 under
+    either collapse.
+    """
+    center = _promote(center)
+    entropies = []
+    for t in teacher_out:
+        logp = jax.nn.log_softmax((_promote(t) - center) / teacher_temp, axis=-1)
+        entropies.append(jnp.mean(-jnp.sum(jnp.exp(logp) * logp, axis=-1)))
+    return _sg(sum(entropies) / len(entropies))
+
+
 def dino_center(center: jnp.ndarray, teacher_out: Sequence[jnp.ndarray], momentum: float = 0.9) -> jnp.ndarray:
     """DINO's centre update (``DINOLoss.update_center``), stop-gradient, in ``center``'s dtype.
 

@@ -2,8 +2,8 @@
 
 The review saw SimSiam collapse after about 10 epochs on Sentinel-2 and picked an early checkpoint
 by hand. Here every method logs the std of its L2-normalised embeddings and their effective rank
-(``methods.base.embedding_metrics``), and the loop calls ``TrainingMonitor.observe`` at each log
-point, which
+(``methods.base.embedding_metrics``), and the loop (``loop.TrainLoop``, whose hooks the monitor is)
+calls ``TrainingMonitor.observe`` at each log point, which
 
 1. warns loudly when ``embedding_std_rel`` (std x sqrt(dim): ~1 healthy, 0 collapsed) stays below
    ``std_threshold`` for ``patience`` consecutive log points from ``start_epoch`` on, records it
@@ -32,6 +32,7 @@ from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.evaluators import FrozenEncoder
 from ssl4eo_jax.evaluators.knn import knn_scores
 from ssl4eo_jax.evaluators.metrics import classification_metrics
+from ssl4eo_jax.loop import LoopHooks
 from ssl4eo_jax.methods.base import evaluated_encoder
 
 COLLAPSE_METRIC = "embedding_std_rel"
@@ -127,8 +128,9 @@ class KnnMonitor:
         return float(classification_metrics(scores, queries.label, queries.multi_hot, self.multi_label)["primary"])
 
 
-class TrainingMonitor:
-    """The collapse detector, the kNN monitor and the best checkpoint, driven by the train loop."""
+class TrainingMonitor(LoopHooks):
+    """The collapse detector, the kNN monitor and the best checkpoint: the pre-training loop's hooks
+    (``loop.LoopHooks``)."""
 
     def __init__(self, config: Any, workdir: str, frozen: FrozenEncoder, sources: dict[str, SplitSource],
                  steps_per_epoch: float):
@@ -151,16 +153,17 @@ class TrainingMonitor:
         self.best_score = -math.inf
         self.stop = False
 
-    def knn_due(self, step: int, last_step: int) -> bool:
+    def sync_due(self, step: int, last_step: int) -> bool:
+        """A kNN monitor point: it scores this step's state, so the loop reads it synchronously."""
         return self.knn is not None and (step % self.cfg.every == 0 or step == last_step)
 
     def observe(self, step: int, metrics: dict[str, float], state: Any, data_iter: Any, config: dict[str, Any],
-                knn: bool) -> dict[str, Any]:
+                sync: bool) -> dict[str, Any]:
         """Handles one log point; returns what to add to its ``metrics.jsonl`` record."""
         record: dict[str, Any] = {}
         if not self.enabled:
             return record
-        if knn and self.knn is not None:
+        if sync and self.knn is not None:
             score = self.knn.score(evaluated_encoder(state, self.method))
             self.history.append({"step": step, self.knn.metric: score})
             record["knn_monitor"] = score
@@ -185,7 +188,7 @@ class TrainingMonitor:
                             metrics.get(COLLAPSE_METRIC, float("nan")))
         return record
 
-    def state(self) -> dict[str, Any]:
+    def checkpoint_info(self) -> dict[str, Any]:
         """What a checkpoint stores to resume the monitor."""
         if not self.enabled:
             return {}

@@ -122,8 +122,7 @@ def augmented_view_grid(source: Any, aug_cfg: Any, key: Any, mean: np.ndarray, s
 
     @jax.jit
     def views(images: jax.Array) -> list[jax.Array]:
-        normalised = augment.normalize(images, mean_j, std_j)
-        return [v * std_j + mean_j for v in augment.make_views(key, normalised, index, aug_cfg, mean_j, std_j)]
+        return [v * std_j + mean_j for v in augment.make_views(key, images, index, aug_cfg, mean_j, std_j)]
 
     out = [np.asarray(v) for v in views(jnp.asarray(images))]
     if images.ndim == 5:  # several dates per record: the first date stands for the original

@@ -154,6 +154,13 @@ def dino(student_out, teacher_out, center, student_temp, teacher_temp):
     return total / n_terms
 
 
+def dino_teacher_entropy(teacher_out, center, teacher_temp):
+    """Mean over teacher crops and samples of -sum p log p, p = softmax((t - center) / T)."""
+    center = np.reshape(center, -1)
+    rows = [softmax((r - center) / teacher_temp) for t in teacher_out for r in t]
+    return float(np.mean([-np.sum(p * np.log(p)) for p in rows]))
+
+
 def dino_center(center, teacher_out, momentum):
     """``DINOLoss.update_center``: sum of cat(teacher outputs) / its length, EMA with ``momentum``."""
     rows = [r for t in teacher_out for r in t]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ssl4eo_jax import augment
+from ssl4eo_jax.evaluators import transfer
 from ssl4eo_jax.presets import pretrain as common
 from ssl4eo_jax.presets.files import load_config_module
 
@@ -158,16 +159,46 @@ def test_rotations_and_flips_are_exact_dihedral_maps():
 
 
 def test_photometric_ops_act_on_the_physical_signal():
+    """Ops take physical values and each view is normalised last: brightness scales the physical
+    signal by one factor per image, grayscale is the physical band mean, solarize reflects about
+    mean + threshold * std, band drop sets a band to its mean."""
     mean, std = jnp.asarray([1000.0, 2000.0, 500.0]), jnp.asarray([300.0, 600.0, 100.0])
     raw = jax.random.uniform(jax.random.key(8), (64, 5, 5, 3), minval=100, maxval=3000)
-    x = augment.normalize(raw, mean, std)
-    out = views(aug(["brightness"], **{"brightness.p": 1.0}), x, mean=mean, std=std)[0]
-    ratio = (out * np.asarray(std) + np.asarray(mean)) / np.asarray(raw)
+    physical = lambda out: out * np.asarray(std) + np.asarray(mean)  # noqa: E731
+    out = views(aug(["brightness"], **{"brightness.p": 1.0}), raw, mean=mean, std=std)[0]
+    ratio = physical(out) / np.asarray(raw)
     assert np.allclose(ratio, ratio[:, :1, :1, :1], rtol=1e-4)  # one factor per image, every band
     assert 0.6 <= ratio.min() and ratio.max() <= 1.4 and ratio.std() > 0.1
-    gray = views(aug(["grayscale"], **{"grayscale.p": 1.0}), x, mean=mean, std=std)[0]
-    physical = gray * np.asarray(std) + np.asarray(mean)
-    np.testing.assert_allclose(physical, np.broadcast_to(np.asarray(raw).mean(-1, keepdims=True), physical.shape), rtol=1e-4)
+    gray = physical(views(aug(["grayscale"], **{"grayscale.p": 1.0}), raw, mean=mean, std=std)[0])
+    np.testing.assert_allclose(gray, np.broadcast_to(np.asarray(raw).mean(-1, keepdims=True), gray.shape), rtol=1e-4)
+    sol = physical(views(aug(["solarize"], **{"solarize.p": 1.0, "solarize.threshold": 0.5}), raw, mean=mean,
+                         std=std)[0])
+    t = np.asarray(mean + 0.5 * std)
+    np.testing.assert_allclose(sol, np.where(np.asarray(raw) >= t, 2 * t - np.asarray(raw), np.asarray(raw)), rtol=1e-4,
+                               atol=1e-3)
+    dropped = views(aug(["band_drop"], **{"band_drop.p": 1.0, "band_drop.max_bands": 2}), raw, mean=mean, std=std)[0]
+    whole = np.all(dropped == 0.0, axis=(1, 2))
+    assert whole.any(axis=1).all()  # every image loses a band, set to its mean: 0 once normalised
+    np.testing.assert_allclose(physical(dropped)[~np.broadcast_to(whole[:, None, None], dropped.shape)],
+                               np.asarray(raw)[~np.broadcast_to(whole[:, None, None], dropped.shape)], rtol=1e-4)
+
+
+def test_fine_tuning_views_are_the_pre_training_views_mapped_onto_the_encoder_bands():
+    """Fine-tuning (``finetune._train_step``) and pre-training (``train.make_train_step``) call
+    ``make_views`` on the same physical values with the data's statistics; a transfer's band map
+    acts on the finished views, so the photometric ops see the physical signal either way."""
+    mean, std = jnp.asarray([1000.0, 2000.0, 500.0]), jnp.asarray([300.0, 600.0, 100.0])
+    raw = jax.random.uniform(jax.random.key(3), (16, 8, 8, 3), minval=100, maxval=3000).astype(jnp.uint16)
+    mapping = transfer.band_map(["B04", "B99", "B02"], ["B02", "B03", "B04"])  # reorder, one band missing
+    cfg = aug(["crop", "brightness_contrast", "grayscale", "hflip"], crop_size=6,
+              **{"brightness_contrast.p": 1.0, "grayscale.p": 0.5})
+    index = jnp.arange(16)
+    plain = augment.make_views(jax.random.key(1), raw, index, cfg, mean, std)
+    mapped = augment.make_views(jax.random.key(1), raw, index, cfg, mean, std, bands=mapping.apply)
+    for p, m in zip(plain, mapped):
+        np.testing.assert_array_equal(np.asarray(m), np.asarray(mapping.apply(p)))
+        assert np.all(np.asarray(m)[..., 1] == 0.0)  # the missing band: its mean
+        np.testing.assert_array_equal(np.asarray(m)[..., 0], np.asarray(p)[..., 2])
 
 
 def test_band_drop_zeroes_one_to_k_whole_bands():

@@ -240,16 +240,23 @@ def _task(demo_dir, width=16, seed=0):
 
 
 def test_finetuning_lowers_its_loss_and_resumes(demo_dir, tmp_path):
+    """Fine-tuning runs in pre-training's loop (loop.TrainLoop): under the transfer guard at
+    'disallow', with images/s in every record and in the summary, and exact resume."""
     manifest, task = _task(demo_dir)
     cfg = finetune_config.get_config("demo").train
     cfg.batch, cfg.workers, cfg.log_every, cfg.checkpoint_every, cfg.base_lr = 32, 0, 1, 4, 3.2
     cfg.steps = 12
+    cfg.transfer_guard = "disallow"  # any implicit host<->device copy in the loop would fail
     mesh = sharding.make_mesh()
     source = SplitSource(manifest, "train")
     workdir = str(tmp_path / "ft")
     _, _, summary = train_classifier(task, cfg, source, mesh, workdir, {"steps": 12}, freeze_encoder=False)
-    losses = [r["loss"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+    records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    losses = [r["loss"] for r in records]
     assert len(losses) == 12 and np.mean(losses[-3:]) < losses[0] - 0.1
+    assert summary["first_loss"] == losses[0] and summary["last_loss"] == losses[-1]
+    assert records[0]["images_per_sec"] is None  # the first step is timed as compilation
+    assert all(r["images_per_sec"] > 0 and r["lr"] > 0 for r in records[1:]) and summary["images_per_sec"] > 0
     cfg.steps = 14  # training longer in the same directory resumes from the checkpoint of step 12
     _, _, more = train_classifier(task, cfg, source, mesh, workdir, {"steps": 14}, freeze_encoder=False)
     assert more["resumed_from"] == 12 and more["steps"] == 14

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpy_losses as ref
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssl4eo_jax import losses, sharding
 
@@ -335,6 +336,14 @@ def test_dino_matches_numpy(x64, n, k, crops, center_shape, temps):
     teacher = [normal(rng, n, k) for _ in range(2)]
     center = normal(rng, *center_shape, scale=0.3)
     assert_matches(losses.dino(student, teacher, center, *temps), ref.dino(student, teacher, center, *temps))
+    entropy = losses.dino_teacher_entropy(teacher, center, temps[1])
+    assert_matches(entropy, ref.dino_teacher_entropy(teacher, center, temps[1]))
+    # loss - entropy is the mean KL from the targets to the student: >= 0, 0 when the student equals them.
+    assert float(losses.dino(student, teacher, center, *temps)) - float(entropy) >= 0
+    twins = [teacher[0], teacher[0]]  # every student crop meets a teacher crop equal to its own target
+    same = [(teacher[0] - np.reshape(center, -1)) * temps[0] / temps[1]] * crops
+    kl = float(losses.dino(same, twins, center, *temps)) - float(losses.dino_teacher_entropy(twins, center, temps[1]))
+    np.testing.assert_allclose(kl, 0.0, atol=1e-9)
     new_center = losses.dino_center(jnp.asarray(center), teacher, 0.9)
     assert new_center.shape == center.shape and new_center.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(new_center), ref.dino_center(center, teacher, 0.9), rtol=1e-6)

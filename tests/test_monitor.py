@@ -72,9 +72,9 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_resumes(demo_dir, tmp_pat
     monitor = _monitor(demo_dir, workdir, [50.0, 70.0, 60.0, 80.0, 75.0])
     infos = {}
     for step in (2, 4, 6, 8, 10):
-        record = monitor.observe(step, _log(0.5), _state(step), _Iterator(), {"method": "barlow"}, knn=True)
+        record = monitor.observe(step, _log(0.5), _state(step), _Iterator(), {"method": "barlow"}, sync=True)
         assert "knn_monitor" in record
-        infos[step] = json.loads(json.dumps(monitor.state()))
+        infos[step] = json.loads(json.dumps(monitor.checkpoint_info()))
     monitor.best.wait()
     assert monitor.best.manager.all_steps() == [8] and monitor.best_step == 8 and monitor.best_score == 80.0
     restored, step = monitor.best_state(_state(0))
@@ -86,8 +86,8 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_resumes(demo_dir, tmp_pat
     again = _monitor(demo_dir, workdir, [65.0, 90.0])
     again.restore(infos[6], 6)
     assert again.best.manager.all_steps() == [] and again.best_score == 70.0 and again.best_step == 4
-    again.observe(8, _log(0.5), _state(8), _Iterator(), {}, knn=True)  # 65 < 70: not kept
-    again.observe(10, _log(0.5), _state(10), _Iterator(), {}, knn=True)
+    again.observe(8, _log(0.5), _state(8), _Iterator(), {}, sync=True)  # 65 < 70: not kept
+    again.observe(10, _log(0.5), _state(10), _Iterator(), {}, sync=True)
     again.best.wait()
     assert again.best.manager.all_steps() == [10] and again.best_score == 90.0
     again.close()
@@ -121,7 +121,7 @@ def test_run_that_collapses_stops_and_evaluates_its_best_checkpoint(demo_dir, tm
 def test_log_points_before_the_start_epoch_do_not_count(demo_dir, tmp_path):
     monitor = _monitor(demo_dir, str(tmp_path), [])  # start_epoch 1 x 3 steps per epoch: from step 3
     low = _log(0.0)
-    assert [monitor.observe(s, low, None, None, {}, knn=False) for s in (1, 2, 3, 4, 5, 6)] == [{}] * 6
-    assert monitor.observe(7, low, None, None, {}, knn=False) == {"collapse": True}  # 5 logs from step 3
+    assert [monitor.observe(s, low, None, None, {}, sync=False) for s in (1, 2, 3, 4, 5, 6)] == [{}] * 6
+    assert monitor.observe(7, low, None, None, {}, sync=False) == {"collapse": True}  # 5 logs from step 3
     assert monitor.summary()["collapse"]["first_step"] == 7 and not monitor.stop  # stop_on_collapse is off
     monitor.close()

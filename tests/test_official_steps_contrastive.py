@@ -33,6 +33,7 @@ import torch
 
 from ssl4eo_jax.interop.resnet_weights import encoder_to_state_dict
 from ssl4eo_jax.methods import TrainLength, get_method
+from ssl4eo_jax.methods.base import method_key
 from tests.official import harness
 from tests.official import mocov2 as official_moco
 from tests.official import simclr as official_simclr
@@ -143,7 +144,7 @@ def _run_torch_moco(config, initial, views, shuffle: bool, dtype: torch.dtype = 
         lrs.append(official_moco.adjust_learning_rate(optimizer, epoch, float(config.optim.lr), epochs, cos=True))
         # Ours draws the permutation; without shuffle-BN the single GPU's permutation leaves the
         # keys unchanged (BN over the whole batch, then unshuffled), so the identity stands for it.
-        perm = (torch.from_numpy(np.array(method.shuffle_permutation(jnp.int32(step), harness.BATCH))).long()
+        perm = (torch.from_numpy(np.array(method.shuffle_permutation(method_key(config.seed, jnp.int32(step)), harness.BATCH))).long()
                 if shuffle else torch.arange(harness.BATCH))
         if shuffle:  # the keys' BN groups mix examples of different query groups
             assert any(len({int(i) // group for i in g}) > 1 for g in perm.view(-1, group))

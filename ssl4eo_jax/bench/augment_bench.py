@@ -20,8 +20,7 @@ def augment_images_per_sec(batch: int, patch: int, crop: int, bands: int = 13, i
 
     @jax.jit
     def views(key, images, index):
-        x = augment.normalize(images, mean, std)
-        return augment.make_views(key, x, index, cfg, mean, std, specs)
+        return augment.make_views(key, images, index, cfg, mean, std, specs)
 
     images = jax.random.randint(jax.random.key(0), (batch, patch, patch, bands), 300, 4000).astype(jnp.uint16)
     index = jnp.arange(batch)

@@ -14,6 +14,7 @@ import optax
 from ssl4eo_jax import augment, sharding, train
 from ssl4eo_jax.bench.timing import time_jitted
 from ssl4eo_jax.methods import TrainLength, get_method
+from ssl4eo_jax.methods.base import method_key
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.precision import compute_dtype
 from ssl4eo_jax.presets.files import get_config
@@ -104,8 +105,7 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
 
     @jax.jit
     def views_only(images, index):
-        return augment.make_views(jax.random.key(0), augment.normalize(images, mean_j, std_j), index, config.aug,
-                                  mean_j, std_j, specs)
+        return augment.make_views(jax.random.key(0), images, index, config.aug, mean_j, std_j, specs)
 
     aug_s = time_jitted(views_only, batch_arrays["image"], batch_arrays["index"], iters=iters)
     views = views_only(batch_arrays["image"], batch_arrays["index"])
@@ -113,7 +113,7 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
 
     @jax.jit
     def fwd_bwd(params, batch_stats, extra, views):
-        return jax.value_and_grad(lambda p: m.loss(p, batch_stats, extra, views, jnp.zeros((), jnp.int32)),
+        return jax.value_and_grad(lambda p: m.loss(p, batch_stats, extra, views, jnp.zeros((), jnp.int32), method_key(0, 0)),
                                   has_aux=True)(params)
 
     fb_s = time_jitted(fwd_bwd, st["params"], st["batch_stats"], st["extra"], views, iters=iters)

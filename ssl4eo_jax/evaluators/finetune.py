@@ -15,8 +15,9 @@ and (with the encoder frozen) the reference linear-probe protocol.
 
 The head is ``Dense`` initialised N(0, 0.01) with zero bias (the reference's ``fc``); the loss is
 softmax cross-entropy, or sigmoid BCE (== ``MultiLabelSoftMarginLoss``) for multi-label data. The
-state, the data iterator and the config are checkpointed with orbax like pre-training, so a killed
-run resumes where it stopped.
+training runs in the loop pre-training runs (``loop.TrainLoop``): asynchronous metrics, the transfer
+guard, images/s, the NaN check, progress, and orbax checkpoints of the state, the data iterator and
+the config, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -32,18 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from ssl4eo_jax.progress import progress
 
-from ssl4eo_jax import augment, sharding
+from ssl4eo_jax import augment, rng, sharding
 from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data import pipeline
-from ssl4eo_jax.errors import TrainingDiverged
 from ssl4eo_jax.evaluators.linear import classification_loss
+from ssl4eo_jax.loop import LoopSettings, TrainLoop
 from ssl4eo_jax.models.resnet import ResNet
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.report import MetricsLog
-
-HEAD_INIT_KEY, AUGMENT_KEY = 2, 3
 
 
 class Classifier(nn.Module):
@@ -97,8 +95,7 @@ def _init_state(model: Classifier, task: Task, tx: optax.GradientTransformation,
     dim = jax.eval_shape(lambda v, x: task.encoder.apply(v, x, train=False), task.variables, images).shape[-1]
 
     def init(encoder: dict[str, Any]) -> dict[str, Any]:
-        key = jax.random.fold_in(jax.random.key(seed), HEAD_INIT_KEY)
-        head = Classifier.head(model.num_classes).init(key, jnp.zeros((1, dim), jnp.float32))["params"]
+        head = Classifier.head(model.num_classes).init(rng.stream(seed, "finetune/head"), jnp.zeros((1, dim), jnp.float32))["params"]
         params = {"encoder": encoder["params"], "head": head}
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "batch_stats": {"encoder": encoder["batch_stats"]}, "opt": tx.init(params)}
@@ -116,17 +113,15 @@ def _optimizer(cfg: Any, spe: float, n_steps: int, freeze: bool) -> tuple[optax.
 
 def _train_step(model: Classifier, task: Task, tx: optax.GradientTransformation, lr_fn: Callable, cfg: Any,
                 mesh: jax.sharding.Mesh) -> Callable:
-    aug_key = jax.random.fold_in(jax.random.key(cfg.seed), AUGMENT_KEY)
+    aug_key = rng.stream(cfg.seed, "finetune/augment")
     mean, std = jnp.asarray(task.mean), jnp.asarray(task.std)
     specs = augment.view_specs(cfg.aug)[:1]
 
     def step_fn(state: dict[str, Any], batch: dict[str, jax.Array]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
-        x = augment.normalize(batch["image"], mean, std)
-        if task.bands is not None:
-            x = task.bands(x)
-        # Photometric ops act in the encoder's normalised space (unit statistics after mapping).
-        view = augment.make_views(jax.random.fold_in(aug_key, state["step"]), x, batch["index"], cfg.aug,
-                                  jnp.zeros(x.shape[-1]), jnp.ones(x.shape[-1]), specs)[0]
+        # As in pre-training: ops on the physical values, normalised with the data's statistics
+        # last, then mapped onto the encoder's bands.
+        view = augment.make_views(jax.random.fold_in(aug_key, state["step"]), batch["image"], batch["index"],
+                                  cfg.aug, mean, std, specs, bands=task.bands)[0]
         targets = batch["multi_hot"] if task.multi_label else jax.nn.one_hot(batch["label"], task.num_classes)
 
         def loss_fn(params: Any) -> tuple[jax.Array, Any]:
@@ -149,9 +144,10 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
                      config_dict: dict[str, Any], freeze_encoder: bool, desc: str = "fine-tuning"
                      ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """Trains encoder + head on ``train_source`` (``cfg``: batch, epochs, steps, optim, aug, seed,
-    checkpoint_every, log_every, workers); resumes from ``<workdir>/checkpoints``.
+    checkpoint_every, log_every, workers, transfer_guard) in the shared training loop
+    (``loop.TrainLoop``); resumes from ``<workdir>/checkpoints``.
 
-    Returns the encoder variables, the head (``kernel``, ``bias``) and a summary (steps, losses).
+    Returns the encoder variables, the head (``kernel``, ``bias``) and a summary (steps, losses, images/s).
     """
     began = time.time()
     batch = batch_for(len(train_source), cfg.batch, mesh.devices.size)
@@ -160,7 +156,6 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
     model = Classifier(task.encoder, task.num_classes, freeze_encoder)
     tx, lr_fn = _optimizer(cfg, spe, n_steps, freeze_encoder)
     state = _init_state(model, task, tx, cfg.aug.crop_size, cfg.seed, mesh)
-    step_fn = _train_step(model, task, tx, lr_fn, cfg, mesh)
     data_iter = pipeline.DeviceIterator(pipeline.train_dataset(train_source, batch, cfg.seed), mesh,
                                         workers=cfg.get("workers", 0))
     ckpt = Checkpointer(workdir, keep=1)
@@ -168,32 +163,22 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
     if start:
         state = ckpt.restore(start, state, data_iter, config_dict)
         logging.info("Resumed %s from %s at step %d", desc, ckpt.directory, start)
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start, enabled=jax.process_index() == 0)
+    is_main = jax.process_index() == 0
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), resume_step=start, enabled=is_main)
     logging.info("%s: %d steps (%.1f epochs of %d patches) at batch %d", desc, n_steps, n_steps / spe,
                  len(train_source), batch)
-    losses = []
-    for step in progress(range(start, n_steps), desc=desc, unit="step", leave=False,
-                     disable=jax.process_index() != 0):
-        state, metrics = step_fn(state, next(data_iter))
-        done = step + 1
-        checkpoint_due = done % cfg.checkpoint_every == 0 or done == n_steps
-        if done % cfg.log_every == 0 or done == n_steps or step == start or checkpoint_due:
-            record = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            losses.append(record["loss"])
-            log.write({"step": done, "epoch": done / spe, **record})
-            if not np.isfinite(record["loss"]):  # stop before that state is checkpointed
-                ckpt.wait()
-                raise TrainingDiverged(
-                    f"the {desc} loss is {record['loss']} at step {done}; the last good checkpoint (step "
-                    f"{ckpt.latest_step() or 0}) stays in {ckpt.directory}. Lower the learning rate and run the "
-                    "same command again: it resumes from that checkpoint.")
-        if checkpoint_due:
-            ckpt.save(done, state, data_iter, config_dict)
+    settings = LoopSettings(
+        desc=desc, total_steps=n_steps, global_batch=batch, steps_per_epoch=spe, log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every, transfer_guard=cfg.get("transfer_guard", "allow"),
+        show_progress=is_main, divergence_fix=f"Lower config.train.base_lr (now {cfg.get('base_lr', cfg.optim.get('lr'))}).")
+    result = TrainLoop(settings, _train_step(model, task, tx, lr_fn, cfg, mesh), data_iter, ckpt, config_dict,
+                       log).run(state, start)
     ckpt.close()
     data_iter.close()
-    state = jax.device_get(state)
+    state = jax.device_get(result.state)
     encoder = {"params": state["params"]["encoder"], "batch_stats": state["batch_stats"]["encoder"]}
     summary = {"steps": n_steps, "batch": batch, "epochs": n_steps / spe, "resumed_from": start,
-               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+               "first_loss": result.first_loss, "last_loss": result.last.get("loss"),
+               "compile_seconds": result.compile_seconds, "images_per_sec": result.images_per_sec,
                "train_seconds": time.time() - began}
     return encoder, dict(state["params"]["head"]), summary

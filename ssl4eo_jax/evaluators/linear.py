@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ssl4eo_jax import rng
+
 
 @dataclasses.dataclass
 class LinearProbe:
@@ -94,7 +96,7 @@ def train_linear_probe(
     std = train_x.std(axis=0) + 1e-6
     xs = jnp.asarray((train_x - mean) / std, jnp.float32)
     params = _train(xs, jnp.asarray(train_targets, jnp.float32), jnp.asarray(weight_decays, jnp.float32),
-                    jax.random.key(seed), epochs, batch, lr, multi_label)
+                    rng.stream(seed, "linear_probe"), epochs, batch, lr, multi_label)
     params = jax.tree.map(np.asarray, params)
     val_scores, probes = {}, []
     for i, wd in enumerate(weight_decays):

@@ -1,34 +1,41 @@
 """Registry of SSL methods: ``get_method(config, length, mesh)`` builds the one named by
-``config.method`` (mocov2, swav, simsiam, barlow, byol, simclr, vicreg, dino)."""
+``config.method`` (mocov2, swav, simsiam, barlow, byol, simclr, vicreg, dino), found by
+``discover_methods`` among this package's modules."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from typing import Any, Callable
 
 import jax
 
 from ssl4eo_jax import short_run
 from ssl4eo_jax.errors import ConfigError
-from ssl4eo_jax.methods.barlow import BarlowTwins
-from ssl4eo_jax.methods.base import Method, TrainLength
-from ssl4eo_jax.methods.byol import BYOL
-from ssl4eo_jax.methods.dino import DINO
-from ssl4eo_jax.methods.mocov2 import MoCoV2
-from ssl4eo_jax.methods.simclr import SimCLR
-from ssl4eo_jax.methods.simsiam import SimSiam
-from ssl4eo_jax.methods.swav import SwAV
-from ssl4eo_jax.methods.vicreg import VICReg
+from ssl4eo_jax.methods.base import Method, MethodBase, TrainLength
 
-METHODS: dict[str, Callable[..., Method]] = {
-    "mocov2": MoCoV2,
-    "swav": SwAV,
-    "simsiam": SimSiam,
-    "barlow": BarlowTwins,
-    "byol": BYOL,
-    "simclr": SimCLR,
-    "vicreg": VICReg,
-    "dino": DINO,
-}
+HELPER_MODULES = ("base", "nets", "targets")  # shared pieces, not methods
+
+
+def discover_methods() -> dict[str, Callable[..., Method]]:
+    """Every ``MethodBase`` subclass defined in a module of this package, by its ``name``: adding a
+    method is adding its file (and its ``configs/<name>.py``), with no list to edit."""
+    found: dict[str, Callable[..., Method]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in HELPER_MODULES:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if (inspect.isclass(value) and issubclass(value, MethodBase) and value is not MethodBase
+                    and value.__module__ == module.__name__):
+                if value.name in found:
+                    raise RuntimeError(f"Two methods are named {value.name!r}: {found[value.name]} and {value}.")
+                found[value.name] = value
+    return dict(sorted(found.items()))
+
+
+METHODS: dict[str, Callable[..., Method]] = discover_methods()
 
 __all__ = ["METHODS", "Method", "TrainLength", "get_method"]
 

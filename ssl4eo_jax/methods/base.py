@@ -8,7 +8,7 @@ parameters live at ``params["encoder"]`` and its BatchNorm statistics at
 
 One step of the loop, in order::
 
-    loss, (batch_stats, extra, metrics) = method.loss(params, batch_stats, extra, views, step)
+    loss, (batch_stats, extra, metrics) = method.loss(params, batch_stats, extra, views, step, key)
     params = optimizer update of params (with method.param_groups(): constant-lr or frozen groups)
     params, extra = method.after_update(params, extra, step)   # EMA targets, prototype norms
 
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from ssl4eo_jax import losses
+from ssl4eo_jax import losses, rng
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.models.resnet import ResNet, resnet
 from ssl4eo_jax.optim import ParamGroups
@@ -51,13 +51,16 @@ class Method(Protocol):
     name: str
     encoder: ResNet
 
-    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
-        """Returns ``{"params": ..., "batch_stats": ...}`` and the method's extra state."""
+    def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        """Returns ``{"params": ..., "batch_stats": ...}`` and the method's extra state; ``key`` is
+        the run's ``init`` stream, the encoder's weights come from ``init_encoder``."""
 
     def loss(
-        self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
+        self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+        key: jax.Array,
     ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
-        """The loss of one global batch of views; aux = (new batch_stats, new extra, metrics)."""
+        """The loss of one global batch of views; aux = (new batch_stats, new extra, metrics).
+        ``key`` is the step's ``method`` stream (``method_key``) for the method's own draws."""
 
     def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:
         """(params, extra) after the optimizer's update of step ``step``: EMA targets, prototype
@@ -72,11 +75,19 @@ class MethodBase:
 
     name = "base"
     net: Any
+    # The ``extra`` keys (params, batch_stats) of the network the official code evaluates and
+    # publishes, where it is not the online one (DINO's teacher); None: the online network.
+    evaluated_variables: tuple[str, str] | None = None
 
-    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
-        """The network's variables (all heads initialised), and no extra state."""
-        variables = self.net.init(rng, images, train=True)
-        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}, {}
+    def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        """The network's variables (all heads initialised), and no extra state. The encoder's
+        weights come from their own stream (``init_encoder``), so every method starts from the
+        same encoder for a seed, and so does the random-init baseline."""
+        variables = self.net.init(key, images, train=True)
+        encoder = init_encoder(self.encoder, key, images)
+        params = {**variables["params"], "encoder": encoder["params"]}
+        batch_stats = {**variables["batch_stats"], "encoder": encoder["batch_stats"]}
+        return {"params": params, "batch_stats": batch_stats}, {}
 
     def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:
         return params, extra
@@ -103,27 +114,42 @@ def build_encoder(model_cfg: Any) -> ResNet:
     )
 
 
+def method_key(seed: int, step: jnp.ndarray) -> jax.Array:
+    """The key ``Method.loss`` receives at ``step``: the ``method`` stream with the step folded in."""
+    return jax.random.fold_in(rng.stream(seed, "method"), step)
+
+
+def init_encoder(encoder: ResNet, init_key: jax.Array, images: jnp.ndarray) -> dict[str, Any]:
+    """The encoder's initial ``{"params", "batch_stats"}`` from the ``init/encoder`` stream of
+    ``init_key`` (``rng.stream(seed, "init")``): a pure function of the seed and the model config."""
+    variables = encoder.init(rng.derive(init_key, "init/encoder"), images, train=False)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
 def encoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
     """The encoder's ``{"params", "batch_stats"}`` out of a method's variables (or a train state)."""
     return {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]}
 
 
-# The network each official repository evaluates and publishes, where it is not the online one:
-# DINO's teacher (facebookresearch/dino eval_knn.py / eval_linear.py, ``--checkpoint_key teacher``;
-# its released backbones are teachers). MoCo evaluates ``encoder_q`` and BYOL its online network.
-EVALUATED_NETWORK = {"dino": ("teacher_params", "teacher_batch_stats")}
-
-
 def evaluated_network(method: str) -> str:
-    """"teacher" or "online": which of the method's networks evaluation and export read."""
-    return "teacher" if method in EVALUATED_NETWORK else "online"
+    """"teacher" or "online": which of the method's networks evaluation and export read (the
+    method class's ``evaluated_variables``)."""
+    return "online" if _evaluated_variables(method) is None else "teacher"
+
+
+def _evaluated_variables(method: str) -> tuple[str, str] | None:
+    from ssl4eo_jax.methods import METHODS  # the registry imports this module
+
+    cls = METHODS.get(method)
+    return getattr(cls, "evaluated_variables", None) if cls is not None else None
 
 
 def evaluated_encoder(state: dict[str, Any], method: str) -> dict[str, Any]:
     """The encoder that the method's official code evaluates, out of a train state (with ``extra``)."""
-    if method not in EVALUATED_NETWORK:
+    keys = _evaluated_variables(method)
+    if keys is None:
         return encoder_variables(state)
-    params_key, stats_key = EVALUATED_NETWORK[method]
+    params_key, stats_key = keys
     extra = state.get("extra") or {}
     if params_key not in extra:  # variables at initialisation: the teacher starts as the student
         return encoder_variables(state)

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax import losses
-from ssl4eo_jax.methods.base import (Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics,
-                                     require_length)
+from ssl4eo_jax.methods.base import MethodBase, Metrics, TrainLength, build_encoder, embedding_metrics, require_length
 from ssl4eo_jax.methods.nets import EncoderHeads, forward_separate
 from ssl4eo_jax.methods.targets import ema, momentum_at
 from ssl4eo_jax.models.heads import MLP
@@ -44,8 +43,8 @@ class BYOL(MethodBase):
         predictor = MLP(tuple(cfg.predictor), use_bias=True, last_bias=False, hidden_norm=True, dtype=dtype)
         self.net = EncoderHeads(self.encoder, projector, predictor)
 
-    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
-        variables, _ = super().init(rng, images)
+    def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        variables, _ = super().init(key, images)
         extra = {"target_params": without_predictor(variables["params"]),
                  "target_batch_stats": without_predictor(variables["batch_stats"])}
         return variables, extra
@@ -53,8 +52,8 @@ class BYOL(MethodBase):
     def _momentum(self, step: jnp.ndarray) -> jnp.ndarray:
         return momentum_at(step, self.momentum, self.length.total_steps, self.momentum_schedule)
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         ((_, z1, p1), (_, _, p2)), batch_stats = forward_separate(self.net, params, batch_stats, views[:2])
         targets, target_stats = forward_separate(self.net, extra["target_params"], extra["target_batch_stats"],
                                                  views[:2], predict=False)

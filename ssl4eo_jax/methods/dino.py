@@ -27,8 +27,15 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax import losses
-from ssl4eo_jax.methods.base import (Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics,
-                                     group_labels, require_length)
+from ssl4eo_jax.methods.base import (
+    MethodBase,
+    Metrics,
+    TrainLength,
+    build_encoder,
+    embedding_metrics,
+    group_labels,
+    require_length,
+)
 from ssl4eo_jax.methods.nets import EncoderHeads, forward_joint
 from ssl4eo_jax.methods.targets import ema, momentum_at
 from ssl4eo_jax.models.heads import DINOHead
@@ -47,6 +54,9 @@ def teacher_temperature(step: jnp.ndarray, steps_per_epoch: float, warmup_temp: 
 
 class DINO(MethodBase):
     name = "dino"
+    # facebookresearch/dino evaluates the teacher (eval_knn.py / eval_linear.py, ``--checkpoint_key
+    # teacher``) and releases teacher backbones.
+    evaluated_variables = ("teacher_params", "teacher_batch_stats")
 
     def __init__(self, config: Any, length: TrainLength | None = None, mesh: jax.sharding.Mesh | None = None):
         cfg = config.dino
@@ -63,8 +73,8 @@ class DINO(MethodBase):
                         norm_last_layer=bool(cfg.norm_last_layer), dtype=self.encoder.dtype)
         self.net = EncoderHeads(self.encoder, head)
 
-    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
-        variables, _ = super().init(rng, images)
+    def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        variables, _ = super().init(key, images)
         extra = {"teacher_params": variables["params"], "teacher_batch_stats": variables["batch_stats"],
                  "center": jnp.zeros((self.out_dim,), jnp.float32)}
         return variables, extra
@@ -75,18 +85,20 @@ class DINO(MethodBase):
     def _momentum(self, step: jnp.ndarray) -> jnp.ndarray:
         return momentum_at(step, self.momentum, self.length.total_steps, "cosine")
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         student, batch_stats = forward_joint(self.net, params, batch_stats, views)
         teacher, teacher_stats = forward_joint(self.net, extra["teacher_params"], extra["teacher_batch_stats"], views[:2])
         student_out = [logits for _, (_, logits), _ in student]
         teacher_out = [jax.lax.stop_gradient(logits) for _, (_, logits), _ in teacher]
         temp = self.teacher_temp(step)
         loss = losses.dino(student_out, teacher_out, extra["center"], self.student_temp, temp)
+        entropy = losses.dino_teacher_entropy(teacher_out, extra["center"], temp)
         center = losses.dino_center(extra["center"], teacher_out, self.center_momentum)
         extra = {**extra, "teacher_batch_stats": teacher_stats, "center": center}
         bottleneck = student[0][1][0]
-        metrics = {"teacher_temp": temp, "momentum": self._momentum(step), **embedding_metrics(bottleneck)}
+        metrics = {"teacher_temp": temp, "momentum": self._momentum(step), "teacher_entropy": entropy,
+                   "kl": jax.lax.stop_gradient(loss) - entropy, **embedding_metrics(bottleneck)}
         return loss, (batch_stats, extra, metrics)
 
     def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:

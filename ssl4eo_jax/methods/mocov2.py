@@ -15,7 +15,7 @@
   randomly permuted first, so a query and its key (almost) never share BN statistics; the keys are
   then put back in order. The groups are virtual (``nets.forward_grouped``): the loss is the same on
   1, 2 or 8 devices and across processes. The permutation is a pure function of the seed and the
-  step (random stream ``mocov2/shuffle_bn``). BN running statistics are the mean over groups
+  step (random stream ``mocov2/shuffle_bn`` under the step's ``method`` key). BN running statistics are the mean over groups
   (DDP broadcasts rank 0's). ``shuffle_bn=False`` uses global BN statistics for both (MoCo v3's
   SyncBN).
 * The loss is asymmetric (view 1 queries, view 2 keys), as MoCo v2.
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from ssl4eo_jax import losses, rng
 from ssl4eo_jax.errors import ConfigError
-from ssl4eo_jax.methods.base import Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics
+from ssl4eo_jax.methods.base import MethodBase, Metrics, TrainLength, build_encoder, embedding_metrics
 from ssl4eo_jax.methods.nets import EncoderHeads, ViewOutput, apply_train, forward_grouped
 from ssl4eo_jax.methods.targets import ema, momentum_at
 from ssl4eo_jax.models.heads import MLP
@@ -57,7 +57,6 @@ class MoCoV2(MethodBase):
         self.total_steps = length.total_steps if length is not None else 1
         self.shuffle_bn = bool(cfg.shuffle_bn)
         self.group_size = int(cfg.get("bn_group_size", 64))
-        self.shuffle_key = rng.stream(int(config.seed), "mocov2/shuffle_bn")
         batch = int(config.data.global_batch)
         if self.shuffle_bn and (self.group_size <= 0 or batch % self.group_size or batch // self.group_size < 2):
             raise ConfigError(
@@ -76,11 +75,10 @@ class MoCoV2(MethodBase):
         projector = MLP(tuple(cfg.projector), use_bias=True, hidden_norm=False, dtype=self.encoder.dtype)
         self.net = EncoderHeads(self.encoder, projector)
 
-    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
-        k_net, k_queue = jax.random.split(rng)
-        variables, _ = super().init(k_net, images)
+    def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        variables, _ = super().init(key, images)
         dim = self.net.projector.sizes[-1]
-        queue = losses.l2_normalize(jax.random.normal(k_queue, (self.queue_size, dim), jnp.float32))
+        queue = losses.l2_normalize(jax.random.normal(rng.derive(key, "mocov2/queue"), (self.queue_size, dim), jnp.float32))
         extra = {"key_params": variables["params"], "key_batch_stats": variables["batch_stats"], "queue": queue,
                  "queue_ptr": jnp.zeros((), jnp.int32)}
         return variables, extra
@@ -90,28 +88,30 @@ class MoCoV2(MethodBase):
             return forward_grouped(self.net, params, batch_stats, x, self.group_size)
         return apply_train(self.net, params, batch_stats, x)
 
-    def shuffle_permutation(self, step: jnp.ndarray, batch: int) -> jnp.ndarray:
-        """The key batch's permutation at ``step`` (the reference's ``_batch_shuffle_ddp``)."""
-        return jax.random.permutation(jax.random.fold_in(self.shuffle_key, step), batch)
+    @staticmethod
+    def shuffle_permutation(key: jax.Array, batch: int) -> jnp.ndarray:
+        """The key batch's permutation under the step's method ``key`` (the reference's
+        ``_batch_shuffle_ddp``)."""
+        return jax.random.permutation(rng.derive(key, "mocov2/shuffle_bn"), batch)
 
-    def keys(self, key_params: Any, key_batch_stats: Any, images: jnp.ndarray, step: jnp.ndarray
+    def keys(self, key_params: Any, key_batch_stats: Any, images: jnp.ndarray, key: jax.Array
              ) -> tuple[jnp.ndarray, Any]:
         """Normalised keys (stop-gradient) of ``images`` in their original order, and the key
         network's new BN statistics; shuffled across BN groups first with shuffle-BN."""
         if self.shuffle_bn:
-            perm = self.shuffle_permutation(step, images.shape[0])
+            perm = self.shuffle_permutation(key, images.shape[0])
             images = images[perm]
         (_, k, _), key_batch_stats = self._forward(key_params, key_batch_stats, images)
         if self.shuffle_bn:
             k = k[jnp.argsort(perm)]
         return jax.lax.stop_gradient(losses.l2_normalize(k)), key_batch_stats
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         m = momentum_at(step, self.momentum, self.total_steps, self.momentum_schedule)
         key_params = ema(extra["key_params"], params, m)
         (_, q, _), batch_stats = self._forward(params, batch_stats, views[0])
-        k, key_batch_stats = self.keys(key_params, extra["key_batch_stats"], views[1], step)
+        k, key_batch_stats = self.keys(key_params, extra["key_batch_stats"], views[1], key)
         loss = losses.info_nce(q, k, extra["queue"], self.temperature)
         queue, ptr = enqueue(extra["queue"], extra["queue_ptr"], k)
         extra = {"key_params": key_params, "key_batch_stats": key_batch_stats, "queue": queue, "queue_ptr": ptr}

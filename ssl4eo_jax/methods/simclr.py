@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax import losses
-from ssl4eo_jax.methods.base import Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics
+from ssl4eo_jax.methods.base import MethodBase, Metrics, TrainLength, build_encoder, embedding_metrics
 from ssl4eo_jax.methods.nets import EncoderHeads, forward_joint
 from ssl4eo_jax.models.heads import MLP
 
@@ -35,8 +35,8 @@ class SimCLR(MethodBase):
                         dtype=self.encoder.dtype)
         self.net = EncoderHeads(self.encoder, projector)
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         ((_, z1, _), (_, z2, _)), batch_stats = forward_joint(self.net, params, batch_stats, views[:2])
         loss = 2.0 * losses.nt_xent(z1, z2, self.temperature)
         return loss, (batch_stats, extra, embedding_metrics(z1))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax import losses
-from ssl4eo_jax.methods.base import Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics, group_labels
+from ssl4eo_jax.methods.base import MethodBase, Metrics, TrainLength, build_encoder, embedding_metrics, group_labels
 from ssl4eo_jax.methods.nets import EncoderHeads, forward_separate
 from ssl4eo_jax.models.heads import MLP
 from ssl4eo_jax.optim import ParamGroup, ParamGroups
@@ -38,8 +38,8 @@ class SimSiam(MethodBase):
         predictor = MLP(tuple(cfg.predictor), use_bias=False, last_bias=True, hidden_norm=True, dtype=dtype)
         self.net = EncoderHeads(self.encoder, projector, predictor)
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         ((_, z1, p1), (_, z2, p2)), batch_stats = forward_separate(self.net, params, batch_stats, views[:2])
         loss = losses.simsiam(p1, p2, z1, z2)
         return loss, (batch_stats, extra, embedding_metrics(z1))

@@ -28,8 +28,15 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax import losses
-from ssl4eo_jax.methods.base import (Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics,
-                                     group_labels, require_length)
+from ssl4eo_jax.methods.base import (
+    MethodBase,
+    Metrics,
+    TrainLength,
+    build_encoder,
+    embedding_metrics,
+    group_labels,
+    require_length,
+)
 from ssl4eo_jax.methods.nets import forward_joint
 from ssl4eo_jax.models.heads import MLP, torch_linear_init
 from ssl4eo_jax.models.resnet import ResNet
@@ -88,8 +95,8 @@ class SwAV(MethodBase):
         self.feat_dim = int(cfg.feat_dim)
         self.net = SwAVNet(self.encoder, projector, prototypes)
 
-    def init(self, rng: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
-        variables, _ = super().init(rng, images)
+    def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
+        variables, _ = super().init(key, images)
         extra = {}  # queue_length 0 (the reference's ResNet-50 runs): no queue in the state
         if self.queue_length > 0:
             extra = {
@@ -98,8 +105,8 @@ class SwAV(MethodBase):
             }
         return {**variables, "params": normalize_prototypes(variables["params"])}, extra
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         outs, batch_stats = forward_joint(self.net, params, batch_stats, views)
         zs = [z for _, z, _ in outs]
         scores = [s for _, _, s in outs]

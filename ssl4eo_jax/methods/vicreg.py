@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl4eo_jax import losses
-from ssl4eo_jax.methods.base import Metrics, MethodBase, TrainLength, build_encoder, embedding_metrics
+from ssl4eo_jax.methods.base import MethodBase, Metrics, TrainLength, build_encoder, embedding_metrics
 from ssl4eo_jax.methods.nets import EncoderHeads, forward_separate
 from ssl4eo_jax.models.heads import MLP
 
@@ -32,8 +32,8 @@ class VICReg(MethodBase):
                         dtype=self.encoder.dtype)
         self.net = EncoderHeads(self.encoder, projector)
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray
-             ) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
+    def loss(self, params: Any, batch_stats: Any, extra: Any, views: list[jnp.ndarray], step: jnp.ndarray,
+             key: jax.Array) -> tuple[jnp.ndarray, tuple[Any, Any, Metrics]]:
         ((_, z1, _), (_, z2, _)), batch_stats = forward_separate(self.net, params, batch_stats, views[:2])
         loss = losses.vicreg(z1, z2, *self.coeffs)
         return loss, (batch_stats, extra, embedding_metrics(z1))

@@ -47,6 +47,7 @@ def train_config(kind: str, name: str, p: dict) -> ml_collections.ConfigDict:
     train.steps = 0  # > 0 overrides epochs
     train.log_every = 10
     train.checkpoint_every = 500
+    train.transfer_guard = "allow"  # "disallow": any implicit host<->device copy in the loop fails
     train.workers = 1
     train.seed = 0
     train.base_lr = ref["base_lr"]  # at the reference's global batch of 1024

@@ -84,7 +84,7 @@ def _run_jax_here(config: Any, views: list[list[np.ndarray]], steps_per_epoch: f
     tx, lr_fn = make_optimizer(config.optim, steps_per_epoch, total_steps, method.param_groups())
     state = train.init_state(method, tx, config, BANDS, mesh)
     initial = jax.device_get(state)
-    step = jax.jit(lambda s, v: train.update_step(method, tx, lr_fn, s, v),
+    step = jax.jit(lambda s, v: train.update_step(method, tx, lr_fn, s, v, config.seed),
                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                    out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
     states, metrics = [], []
