@@ -3,7 +3,9 @@
 ``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (params, batch_stats, optimizer
 state, method extras, step), ``data`` (one Grain iterator state file per process) and ``config``
 (JSON), plus optionally ``info`` (JSON: the training monitor's state and scores). The best
-checkpoint by the kNN monitor lives beside them in ``<workdir>/checkpoints_best/``. Every process calls save and restore; the state restores into an abstract tree that
+checkpoint by the kNN monitor lives beside them in ``<workdir>/checkpoints_best/``, chosen by orbax's
+best-checkpoint options on its score (``Checkpointer(best_metric=...)``). Every process calls save
+and restore; the state restores into an abstract tree that
 carries the shardings of the current mesh. Before restoring, the saved config is compared with the
 current one so that a checkpoint of a different model or method fails with a readable message
 instead of a shape error.
@@ -89,8 +91,14 @@ def _injected_fault(step: int) -> None:
 class Checkpointer:
     """Saves and restores (state, data iterator, config) under ``<workdir>/checkpoints``."""
 
-    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, subdir: str = "checkpoints"):
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True, subdir: str = "checkpoints",
+                 best_metric: str | None = None):
+        """``best_metric``: keep the ``keep`` checkpoints with the highest value of this metric (given
+        to ``save``), by orbax's own best-checkpoint options, instead of the latest ones."""
         self.directory = os.path.abspath(os.path.join(workdir, subdir))
+        best = {} if best_metric is None else {
+            "best_fn": lambda metrics: float(metrics[best_metric]), "best_mode": "max",
+            "keep_checkpoints_without_metrics": False}
         self.manager = ocp.CheckpointManager(
             self.directory,
             # A write cut short (SIGKILL, power loss) leaves only a temporary folder, removed here.
@@ -100,6 +108,7 @@ class Checkpointer:
                 # (the checkpoints and the best one) saving the same step would share them, and one
                 # process could pass a barrier before the other wrote its part. Prefix with the folder.
                 multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=subdir),
+                **best,
             ),
             item_names=("state", "data", "config", "info"),
         )
@@ -107,8 +116,20 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint by ``best_metric`` (the latest without one)."""
+        return self.manager.best_step()
+
+    def steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def drop_after(self, step: int) -> None:
+        """Deletes the checkpoints newer than ``step`` (a run resumed from ``step`` writes them again)."""
+        for later in [s for s in self.manager.all_steps() if s > step]:
+            self.manager.delete(later)
+
     def save(self, step: int, state: Any, data_iter: Any, config: dict[str, Any],
-             info: dict[str, Any] | None = None) -> None:
+             info: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> None:
         # The topology is saved with the config: each process's data-iterator state belongs to its
         # shard of the stream, so a run resumes on the same number of processes.
         self._check_free_space(step, state)
@@ -122,6 +143,7 @@ class Checkpointer:
                 config=ocp.args.JsonSave(config),
                 **items,
             ),
+            metrics=metrics,
         )
         _injected_fault(step)
 

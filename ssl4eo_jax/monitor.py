@@ -12,7 +12,8 @@ calls ``TrainingMonitor.observe`` at each log point, which
    first ``bank`` train patches as the bank and the first ``queries`` val (else test) patches as
    queries, logged as ``knn_monitor`` in ``metrics.jsonl``;
 3. keeps the checkpoint with the best kNN score in ``<workdir>/checkpoints_best/`` beside the
-   latest ones; ``eval.use_best`` evaluates it instead of the final state.
+   latest ones (orbax's best-checkpoint options on the ``knn_monitor`` metric); ``eval.use_best``
+   evaluates it instead of the final state.
 
 Its state (detector counters, kNN history, best score) is saved in each checkpoint's ``info`` item,
 so a resumed run continues it; best checkpoints newer than the resumed step are dropped, as the
@@ -146,7 +147,7 @@ class TrainingMonitor(LoopHooks):
                 self.knn = KnnMonitor(frozen, sources, cfg.bank, cfg.queries, config.eval)
             else:
                 logging.info("The dataset has no labels: no kNN monitor.")
-        self.best = (Checkpointer(workdir, keep=1, subdir="checkpoints_best")
+        self.best = (Checkpointer(workdir, keep=1, subdir="checkpoints_best", best_metric="knn_monitor")
                      if self.knn is not None and cfg.keep_best else None)
         self.history: list[dict[str, Any]] = []
         self.best_step: int | None = None
@@ -171,8 +172,9 @@ class TrainingMonitor(LoopHooks):
                          max(score, self.best_score))
             if score > self.best_score:
                 self.best_score, self.best_step = score, step
-                if self.best is not None:
-                    self.best.save(step, state, data_iter, config, info={"knn_monitor": score, "metric": self.knn.metric})
+                if self.best is not None:  # orbax keeps the best by this metric and deletes the older one
+                    self.best.save(step, state, data_iter, config, info={"knn_monitor": score, "metric": self.knn.metric},
+                                   metrics={"knn_monitor": score})
         event = self.detector.update(step, metrics) if step >= self.start_step else None
         if event == "collapse":
             record["collapse"] = True
@@ -204,8 +206,7 @@ class TrainingMonitor(LoopHooks):
         self.best_step = info.get("best_step")
         self.best_score = info["best_score"] if info.get("best_score") is not None else -math.inf
         if self.best is not None:
-            for later in [s for s in self.best.manager.all_steps() if s > step]:
-                self.best.manager.delete(later)
+            self.best.drop_after(step)
 
     def describe(self, metrics: dict[str, float]) -> str:
         """The collapse metrics for the log line."""
@@ -216,7 +217,7 @@ class TrainingMonitor(LoopHooks):
 
     def best_state(self, state_like: Any) -> tuple[Any, int] | None:
         """The best checkpoint's train state and step, or None."""
-        step = self.best.latest_step() if self.best is not None else None
+        step = self.best.best_step() if self.best is not None else None
         if step is None:
             return None
         return self.best.restore_state(step, state_like), step

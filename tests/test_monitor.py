@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl4eo_jax import sharding, train
+from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data import load_manifest
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.evaluators import frozen_encoder
@@ -76,7 +77,7 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_resumes(demo_dir, tmp_pat
         assert "knn_monitor" in record
         infos[step] = json.loads(json.dumps(monitor.checkpoint_info()))
     monitor.best.wait()
-    assert monitor.best.manager.all_steps() == [8] and monitor.best_step == 8 and monitor.best_score == 80.0
+    assert monitor.best.steps() == [8] and monitor.best_step == 8 and monitor.best_score == 80.0
     restored, step = monitor.best_state(_state(0))
     assert step == 8 and float(restored["params"]["encoder"]["w"][0]) == 8.0
     assert monitor.summary()["knn_monitor"]["history"][2] == {"step": 6, "oa": 60.0}
@@ -85,12 +86,26 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_resumes(demo_dir, tmp_pat
     # A run resumed from step 6: the best of its past (70 at step 4) counts, step 8's file goes.
     again = _monitor(demo_dir, workdir, [65.0, 90.0])
     again.restore(infos[6], 6)
-    assert again.best.manager.all_steps() == [] and again.best_score == 70.0 and again.best_step == 4
+    assert again.best.steps() == [] and again.best_score == 70.0 and again.best_step == 4
     again.observe(8, _log(0.5), _state(8), _Iterator(), {}, sync=True)  # 65 < 70: not kept
     again.observe(10, _log(0.5), _state(10), _Iterator(), {}, sync=True)
     again.best.wait()
-    assert again.best.manager.all_steps() == [10] and again.best_score == 90.0
+    assert again.best.steps() == [10] and again.best_score == 90.0
     again.close()
+
+
+def test_best_checkpoints_are_chosen_by_orbax_on_the_metric_not_the_step(tmp_path):
+    """``Checkpointer(best_metric=...)`` hands the choice to orbax's best-checkpoint options: of
+    scores 50, 80, 60, 55 at steps 2, 4, 6, 8 with two kept, the best two (4 and 6) stay, not the
+    latest two (6 and 8)."""
+    ckpt = Checkpointer(str(tmp_path), keep=2, subdir="best", best_metric="knn_monitor", async_save=False)
+    for step, score in [(2, 50.0), (4, 80.0), (6, 60.0), (8, 55.0)]:
+        ckpt.save(step, _state(step), _Iterator(), {}, metrics={"knn_monitor": score})
+    ckpt.wait()
+    assert ckpt.steps() == [4, 6] and ckpt.best_step() == 4
+    ckpt.drop_after(4)
+    assert ckpt.steps() == [4]
+    ckpt.close()
 
 
 def test_run_that_collapses_stops_and_evaluates_its_best_checkpoint(demo_dir, tmp_path, caplog):

@@ -5,6 +5,9 @@ re-implementation of the official training step (``tests/official/<method>.py``)
 weights (our initial state), feeds both the same fixed views (no augmentation) for 3 optimizer
 steps, and compares after every step: the loss, the learning rate, every parameter of the encoder
 and heads, the BatchNorm running statistics, and the method's own state (BYOL's target network).
+The official step runs in float64 and in float32; ours is held to the float64 result
+(``_assert_matches_exact``: within the tolerances below or twice the official float32 run's own
+round-off, whichever is larger).
 
 Settings differ from the presets where that makes the comparison sharper, on both sides alike:
 tiny heads; the official schedules (warm-up + cosine, SimSiam's per-epoch cosine) compressed so
@@ -13,14 +16,13 @@ every weight matrix by far more than the tolerance (``_assert_trained``); weight
 where the gradients would otherwise hide them (SimSiam, BYOL, VICReg; Barlow Twins' gradients dwarf
 any decay, so it keeps the preset's). With these, mutations of the official side (no weight decay,
 decay or trust ratio on biases, SimSiam's predictor lr, BYOL's tau one step late, a cosine over
-another length) fail the comparison by 2x to 1000x the tolerance, while ours and PyTorch's float32
-step agree to within a third of it (and ours and a float64 PyTorch step to within a tenth).
+another length) fail the comparison by 2x to 1000x the tolerance.
 """
 
 from __future__ import annotations
 
 import types
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pytest
@@ -34,7 +36,6 @@ from tests.official import vicreg as official_vicreg
 from tests.official.harness import (
     BATCH,
     WIDTH,
-    assert_close,
     encoder_state_dict,
     fixed_views,
     method_config,
@@ -125,27 +126,6 @@ def _backbone(variables: Mapping[str, Any]) -> nn.Module:
     return torch_encoder({"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]})
 
 
-def _assert_same(variables: Mapping[str, Any], backbone: nn.Module, heads: dict[str, nn.Sequential], what: str) -> None:
-    """Encoder (parameters, running mean and var) and heads of ``variables`` match the PyTorch side."""
-    def stats(state_dict: Mapping[str, Any]) -> dict[str, Any]:  # num_batches_tracked: unused by momentum BN
-        return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-
-    ours, theirs = stats(encoder_state_dict(variables)), stats(backbone.state_dict())
-    assert set(ours) == set(theirs), sorted(set(ours) ^ set(theirs))
-    _assert_close(ours, theirs, f"{what} encoder ")
-    for name, seq in heads.items():
-        ours, theirs = _ours(variables, name), _mlp_vars(seq)
-        assert set(ours) == set(theirs), (name, sorted(set(ours) ^ set(theirs)))
-        _assert_close(ours, theirs, f"{what} {name} ")
-
-
-def _assert_close(ours: dict[str, np.ndarray], theirs: dict[str, torch.Tensor], what: str) -> None:
-    """``harness.assert_close`` per tensor, with the absolute tolerance ATOL + ATOL_SCALE x its scale."""
-    for key, value in theirs.items():
-        scale = float(value.detach().abs().max()) if value.numel() else 0.0
-        assert_close({key: ours[key]}, {key: value}, rtol=RTOL, atol=ATOL + ATOL_SCALE * scale, what=what)
-
-
 def _assert_step(step: int, metrics: dict[str, float], loss: float, lr: float) -> None:
     np.testing.assert_allclose(metrics["loss"], loss, rtol=RTOL, err_msg=f"loss at step {step}")
     np.testing.assert_allclose(metrics["lr"], lr, rtol=1e-5, atol=1e-9, err_msg=f"lr at step {step}")
@@ -190,15 +170,21 @@ def test_barlow_twins_matches_official():
                                  learning_rate_biases=config.optim.base_lr_biases,
                                  weight_decay=config.optim.weight_decay, lambd=config.barlow.lambd,
                                  projector="64-64-64")
-    model = official_barlow.BarlowTwins(args, _backbone(initial), FEATURES)
-    _load_mlp(model.projector, initial, "projector")
-    optimizer = official_barlow.make_optimizer(args, model, eta=config.optim.eta)
-    _assert_same(initial, model.backbone, {"projector": model.projector}, "initial")
 
-    for step in range(N_STEPS):
-        loss, lr = official_barlow.train_step(args, model, optimizer, steps_per_epoch, step, *tviews[step])
-        _assert_step(step, metrics[step], loss, lr)
-        _assert_same(states[step], model.backbone, {"projector": model.projector}, f"step {step}")
+    def official(dtype: torch.dtype) -> tuple[list[dict], list[tuple]]:
+        model = official_barlow.BarlowTwins(args, _backbone(initial), FEATURES)
+        _load_mlp(model.projector, initial, "projector")
+        model = model.to(dtype)
+        optimizer = official_barlow.make_optimizer(args, model, eta=config.optim.eta)
+        snapshots, scalars = [_snapshot(model.backbone, {"projector": model.projector}, "online")], []
+        for step in range(N_STEPS):
+            y1, y2 = (v.to(dtype) for v in tviews[step])
+            scalars.append(official_barlow.train_step(args, model, optimizer, steps_per_epoch, step, y1, y2))
+            snapshots.append(_snapshot(model.backbone, {"projector": model.projector}, "online"))
+        return snapshots, scalars
+
+    _assert_matches_exact(official, [_ours_snapshot(s, ("projector",), "online") for s in [initial, *states]],
+                          metrics)
     _assert_trained(initial, states[-1])
 
 
@@ -225,24 +211,30 @@ def test_simsiam_matches_official(fix_pred_lr):
     args = types.SimpleNamespace(epochs=epochs, fix_pred_lr=fix_pred_lr, momentum=config.optim.momentum,
                                  weight_decay=config.optim.weight_decay)
     init_lr = config.optim.base_lr * BATCH / 256  # main_simsiam.py: init_lr = args.lr * args.batch_size / 256
-    model = official_simsiam.SimSiam(_backbone(initial), FEATURES, dim, pred_dim)
-    # The official's last projector Linear keeps a frozen bias (randomly initialised) that the
-    # affine-free BN after it removes exactly; ours has none. Zero: the official with any bias
-    # trains identically, only that last BN's running mean would carry the constant bias.
-    with torch.no_grad():
-        model.projector[6].bias.zero_()
-    _load_mlp(model.projector, initial, "projector")
-    _load_mlp(model.predictor, initial, "predictor")
-    criterion = nn.CosineSimilarity(dim=1)
-    optimizer = official_simsiam.make_optimizer(args, model, init_lr)
-    heads = {"projector": model.projector, "predictor": model.predictor}
-    _assert_same(initial, model.backbone, heads, "initial")
 
-    for step in range(N_STEPS):
-        epoch = step // steps_per_epoch
-        loss, lr = official_simsiam.train_step(args, model, criterion, optimizer, init_lr, epoch, *tviews[step])
-        _assert_step(step, metrics[step], loss, lr)
-        _assert_same(states[step], model.backbone, heads, f"step {step}")
+    def official(dtype: torch.dtype) -> tuple[list[dict], list[tuple]]:
+        model = official_simsiam.SimSiam(_backbone(initial), FEATURES, dim, pred_dim)
+        # The official's last projector Linear keeps a frozen bias (randomly initialised) that the
+        # affine-free BN after it removes exactly; ours has none. Zero: the official with any bias
+        # trains identically, only that last BN's running mean would carry the constant bias.
+        with torch.no_grad():
+            model.projector[6].bias.zero_()
+        _load_mlp(model.projector, initial, "projector")
+        _load_mlp(model.predictor, initial, "predictor")
+        model = model.to(dtype)
+        criterion = nn.CosineSimilarity(dim=1)
+        optimizer = official_simsiam.make_optimizer(args, model, init_lr)
+        heads = {"projector": model.projector, "predictor": model.predictor}
+        snapshots, scalars = [_snapshot(model.backbone, heads, "online")], []
+        for step in range(N_STEPS):
+            epoch = step // steps_per_epoch
+            x1, x2 = (v.to(dtype) for v in tviews[step])
+            scalars.append(official_simsiam.train_step(args, model, criterion, optimizer, init_lr, epoch, x1, x2))
+            snapshots.append(_snapshot(model.backbone, heads, "online"))
+        return snapshots, scalars
+
+    ours = [_ours_snapshot(s, ("projector", "predictor"), "online") for s in [initial, *states]]
+    _assert_matches_exact(official, ours, metrics)
     _assert_trained(initial, states[-1])
 
 
@@ -250,7 +242,7 @@ def test_simsiam_matches_official(fix_pred_lr):
 
 
 def _snapshot(backbone: nn.Module, heads: dict[str, nn.Sequential], prefix: str) -> dict[str, np.ndarray]:
-    """The official side's encoder and heads as float64 arrays under ``_assert_same``'s names."""
+    """The official side's encoder (state_dict names) and heads (our MLP's names) as float64 arrays."""
     out = {f"{prefix} encoder {k}": v.detach().double().numpy().copy() for k, v in backbone.state_dict().items()
            if not k.endswith("num_batches_tracked")}
     for name, seq in heads.items():
@@ -265,6 +257,30 @@ def _ours_snapshot(variables: Mapping[str, Any], heads: tuple[str, ...], prefix:
     for name in heads:
         out.update({f"{prefix} {name} {k}": v for k, v in _ours(variables, name).items()})
     return out
+
+
+def _assert_matches_exact(official: Callable[[torch.dtype], tuple[list[dict], list[tuple]]],
+                          ours: list[dict[str, np.ndarray]], metrics: list[dict[str, float]]) -> list[tuple]:
+    """Ours (``ours[0]`` the initial variables, then one snapshot per step) against the official
+    step run in float64, within RTOL and the module's absolute tolerances or, where larger, twice
+    the official float32 run's own round-off (``harness.official_noise``), as the contrastive and
+    clustering tests are held. Float32 BN shifts' gradients are sums over every pixel that nearly
+    cancel, and PyTorch's float32 result for them depends on its thread count (BYOL's ``bn1.bias``
+    after 3 steps: up to 5 % of its value from the float64 step on one thread, as in this module,
+    within 1e-5 on two), so a float32 reference would judge PyTorch's summation order, not ours.
+    Checks each step's loss and lr too; returns the official (float64) per-step scalars."""
+    exact, scalars = official(torch.float64)
+    float32, _ = official(torch.float32)
+    assert len(exact) == len(ours) == len(scalars) + 1
+    for step, (mine, theirs, rounded) in enumerate(zip(ours, exact, float32)):
+        assert set(mine) == set(theirs), sorted(set(mine) ^ set(theirs))
+        noise = official_noise(theirs, rounded)
+        for key, value in theirs.items():
+            atol = max(ATOL + ATOL_SCALE * float(np.abs(value).max(initial=0.0)), noise[key])
+            np.testing.assert_allclose(mine[key], value, rtol=RTOL, atol=atol, err_msg=f"after {step} steps: {key}")
+    for step, (loss, lr, *_) in enumerate(scalars):
+        _assert_step(step, metrics[step], loss, lr)
+    return scalars
 
 
 def _run_official_byol(config: Any, initial: Mapping[str, Any], tviews: list[list[torch.Tensor]],
@@ -302,14 +318,7 @@ def test_byol_matches_official():
     """google-deepmind/deepmind-research ``byol/byol_experiment.py``: ``loss_fn``
     (``helpers.regression_loss``) and ``_update_fn`` (LARS step with ``schedules.learning_schedule``,
     then the target EMA with ``schedules.target_ema``); ``utils/networks.py: MLP``;
-    ``utils/optimizers.py: lars`` with ``exclude_bias_and_norm``.
-
-    Ours is held to the official step run in float64, within the module's tolerances or, where
-    larger, twice the official float32 run's own round-off (``harness.official_noise``), as the
-    contrastive and clustering tests are: the BN shifts' gradients are sums over every pixel that
-    nearly cancel, and PyTorch's float32 result for them depends on its thread count (on one thread,
-    as here, ``bn1.bias`` after 3 steps is up to 5 % of its value from the float64 step; on two it is
-    within 1e-5), so a float32 reference would judge PyTorch's summation order, not ours."""
+    ``utils/optimizers.py: lars`` with ``exclude_bias_and_norm``."""
     # 1 warm-up step of 6: lr 0, then the cosine's start and its first decay; tau moves every step.
     steps_per_epoch, total, warmup = 1, 6, 1
     hidden, out = 64, 32
@@ -319,26 +328,17 @@ def test_byol_matches_official():
     assert config.optim.lr_biases == config.optim.lr  # the official LARS has one lr for all parameters
     views, tviews = _views()
     initial, states, metrics = run_jax(config, views, steps_per_epoch, total)
-    args = (config, initial, tviews, steps_per_epoch, total, warmup, hidden, out)
-    exact, scalars = _run_official_byol(*args, torch.float64)
-    float32, _ = _run_official_byol(*args, torch.float32)
 
     def ours(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         target = {"params": state["extra"]["target_params"], "batch_stats": state["extra"]["target_batch_stats"]}
         return {**_ours_snapshot(state, ("projector", "predictor"), "online"),
                 **_ours_snapshot(target, ("projector",), "target")}
 
-    for step, state in enumerate([initial, *states]):
-        mine, theirs = ours(state), exact[step]
-        assert set(mine) == set(theirs), sorted(set(mine) ^ set(theirs))
-        noise = official_noise(theirs, float32[step])
-        for key, value in theirs.items():
-            atol = max(ATOL + ATOL_SCALE * float(np.abs(value).max(initial=0.0)), noise[key])
-            np.testing.assert_allclose(mine[key], value, rtol=RTOL, atol=atol, err_msg=f"step {step} {key}")
-        if step:
-            loss, lr, tau = scalars[step - 1]
-            _assert_step(step - 1, metrics[step - 1], loss, lr)
-            np.testing.assert_allclose(metrics[step - 1]["momentum"], tau, rtol=1e-6, err_msg=f"tau at step {step}")
+    scalars = _assert_matches_exact(
+        lambda dtype: _run_official_byol(config, initial, tviews, steps_per_epoch, total, warmup, hidden, out, dtype),
+        [ours(s) for s in [initial, *states]], metrics)
+    for step, (_, _, tau) in enumerate(scalars):
+        np.testing.assert_allclose(metrics[step]["momentum"], tau, rtol=1e-6, err_msg=f"tau at step {step}")
     _assert_trained(initial, states[-1])
 
 
@@ -362,13 +362,19 @@ def test_vicreg_matches_official():
     args = types.SimpleNamespace(epochs=epochs, batch_size=BATCH, base_lr=config.optim.base_lr,
                                  wd=config.optim.weight_decay, mlp="64-64-64", sim_coeff=config.vicreg.sim_coeff,
                                  std_coeff=config.vicreg.std_coeff, cov_coeff=config.vicreg.cov_coeff)
-    model = official_vicreg.VICReg(args, _backbone(initial), FEATURES)
-    _load_mlp(model.projector, initial, "projector")
-    optimizer = official_vicreg.make_optimizer(args, model, eta=config.optim.eta)
-    _assert_same(initial, model.backbone, {"projector": model.projector}, "initial")
 
-    for step in range(N_STEPS):
-        loss, lr = official_vicreg.train_step(args, model, optimizer, steps_per_epoch, step, *tviews[step])
-        _assert_step(step, metrics[step], loss, lr)
-        _assert_same(states[step], model.backbone, {"projector": model.projector}, f"step {step}")
+    def official(dtype: torch.dtype) -> tuple[list[dict], list[tuple]]:
+        model = official_vicreg.VICReg(args, _backbone(initial), FEATURES)
+        _load_mlp(model.projector, initial, "projector")
+        model = model.to(dtype)
+        optimizer = official_vicreg.make_optimizer(args, model, eta=config.optim.eta)
+        snapshots, scalars = [_snapshot(model.backbone, {"projector": model.projector}, "online")], []
+        for step in range(N_STEPS):
+            x, y = (v.to(dtype) for v in tviews[step])
+            scalars.append(official_vicreg.train_step(args, model, optimizer, steps_per_epoch, step, x, y))
+            snapshots.append(_snapshot(model.backbone, {"projector": model.projector}, "online"))
+        return snapshots, scalars
+
+    _assert_matches_exact(official, [_ours_snapshot(s, ("projector",), "online") for s in [initial, *states]],
+                          metrics)
     _assert_trained(initial, states[-1])
