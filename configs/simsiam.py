@@ -12,7 +12,8 @@ SGD, lr 0.05 at global batch 256 (scaled linearly here; the reference does not s
 weight decay 1e-4; step decay x0.1 at epochs 60 and 80 (no ``--cos`` for ResNet-18);
 ``fix_pred_lr`` off (the reference uses it for ResNet-50 only); 100 epochs.
 The review found SimSiam collapsing after about 10 epochs on Sentinel-2 and probed the epoch-10
-checkpoint: the collapse monitor (``config.monitor``) watches for it; ``--config.eval.use_best=True``
+checkpoint: the collapse monitor (``config.monitor``) watches for it, the kNN evaluator
+(``config.evals.knn``) scores the encoder during training, and ``--config.eval.use_best=True``
 evaluates the checkpoint with the best online kNN score.
 Demo presets (``demo*``): the official SimSiam recipe (facebookresearch/simsiam ``main_simsiam.py``)
 instead of the review's ResNet-18 step schedule: cosine decay and ``fix_pred_lr`` (the predictor

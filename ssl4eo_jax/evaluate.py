@@ -25,7 +25,7 @@ from ssl4eo_jax.data.datasets import load_dataset_manifest
 from ssl4eo_jax.data.manifest import DatasetError, Manifest
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import ConfigError
-from ssl4eo_jax.evaluators import frozen_encoder, knn_eval, linear_eval, recompute_bn, split_features, split_metrics
+from ssl4eo_jax.evaluators import FrozenEvaluator, frozen_encoder, recompute_bn, split_features, split_metrics
 from ssl4eo_jax.evaluators.finetune import Task, train_classifier
 from ssl4eo_jax.evaluators.fractions import fraction_source
 from ssl4eo_jax.evaluators.linear import head_scores
@@ -136,11 +136,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) 
 
     # Protocol.
     summary: dict[str, Any] = {}
-    if protocol in ("knn", "linear"):
-        feats = split_features(frozen, enc.variables, sources, name, recompute_bn=recompute_bn(ev), progress=progress)
-        evaluate = knn_eval if protocol == "knn" else linear_eval
-        metrics = evaluate(feats, multi_label, k, ev.knn if protocol == "knn" else ev.linear, per_batch)
-        summary["feature_dim"] = int(feats["train"].x.shape[1])
+    if protocol in ("knn", "linear"):  # the evaluator of pre-training's end-of-run evaluation
+        out = FrozenEvaluator(name, frozen, sources, ev, (protocol,), recompute_bn(ev), per_batch,
+                              progress=progress).run(enc.variables)
+        metrics = out[protocol]
+        summary["feature_dim"] = out["feature_dim"]
     else:
         task = Task(enc.module, enc.variables, k, multi_label, enc.mean, enc.std, bands)
         variables, head, summary = train_classifier(task, config.train, sources["train"], mesh, workdir, config_dict,

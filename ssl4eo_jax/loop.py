@@ -5,8 +5,9 @@ closures.
 
 A task gives the loop a jitted ``step(state, batch) -> (state, metrics)`` (``metrics`` holds at
 least ``loss`` and ``lr``), its data iterator, a ``Checkpointer`` and, optionally, ``LoopHooks``:
-what to add at a log point (the kNN monitor, collapse detection), whether a log point must be read
-synchronously, and whether to stop early.
+what to add at a log point (the evaluators of ``config.evals``, collapse detection) and whether a
+log point must be read synchronously. A log record with ``"stop": True`` (collapse detection with
+``stop_on_collapse``) ends the run at that step, after a checkpoint.
 
 Metrics are copied to the host asynchronously and read one step late, so logging never stalls the
 device; the transfer guard (``LoopSettings.transfer_guard``) can make any other host<->device copy
@@ -34,8 +35,6 @@ Metrics = dict[str, jax.Array]
 
 class LoopHooks:
     """What a task adds to the loop; these defaults add nothing (fine-tuning)."""
-
-    stop = False  # set by ``observe`` to end the run at the next checkpoint
 
     def sync_due(self, done: int, last_step: int) -> bool:
         """Whether step ``done``'s log point needs its state now (an evaluation of it)."""
@@ -123,6 +122,7 @@ class TrainLoop:
         self.config, self.log, self.hooks = config, log, hooks or LoopHooks()
         self.events, self.profiler = events, profiler
         self.bar: Any = None
+        self.stopping = False  # a log record asked to stop
 
     def run(self, state: State, start: int) -> LoopResult:
         s = self.settings
@@ -144,13 +144,13 @@ class TrainLoop:
                 if pending is not None:  # the previous log point's metrics, read while this step runs
                     result.last, pending = self._flush(state, *pending, clock), None
                 pending = self._log_point(state, done, metrics, clock, result, pending)
-                if done % s.checkpoint_every == 0 or done == s.total_steps or self.hooks.stop:
+                if done % s.checkpoint_every == 0 or done == s.total_steps or self.stopping:
                     if pending is not None:  # never checkpoint a NaN state
                         result.last, pending = self._flush(state, *pending, clock), None
                     self._checkpoint(state, done, metrics, result)
                 self.bar.update(1)
                 result.steps = done
-                if self.hooks.stop:
+                if self.stopping:
                     result.stopped = True
                     break
             if pending is not None:
@@ -190,6 +190,7 @@ class TrainLoop:
         record = {"step": done, "epoch": done / s.steps_per_epoch, **values, "images_per_sec": ips}
         with jax.transfer_guard("allow"):  # a hook's evaluation feeds the device on purpose
             record.update(self.hooks.observe(done, values, state, self.data_iter, self.config, sync))
+        self.stopping = self.stopping or bool(record.get("stop"))
         self.log.write(record)
         if self.events is not None:
             self.events.scalars(done, record)

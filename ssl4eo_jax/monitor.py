@@ -1,4 +1,4 @@
-"""Watching pre-training for collapse (``config.monitor``).
+"""Watching pre-training: collapse (``config.monitor``) and evaluators (``config.evals``).
 
 The review saw SimSiam collapse after about 10 epochs on Sentinel-2 and picked an early checkpoint
 by hand. Here every method logs the std of its L2-normalised embeddings and their effective rank
@@ -8,14 +8,15 @@ calls ``TrainingMonitor.observe`` at each log point, which
 1. warns loudly when ``embedding_std_rel`` (std x sqrt(dim): ~1 healthy, 0 collapsed) stays below
    ``std_threshold`` for ``patience`` consecutive log points from ``start_epoch`` on, records it
    for ``results.json`` (``collapse``) and, with ``stop_on_collapse``, stops the run;
-2. every ``every`` steps (and at the last step) scores a kNN classifier of the frozen encoder: the
-   first ``bank`` train patches as the bank and the first ``queries`` val (else test) patches as
-   queries, logged as ``knn_monitor`` in ``metrics.jsonl``;
-3. keeps the checkpoint with the best kNN score in ``<workdir>/checkpoints_best/`` beside the
-   latest ones (orbax's best-checkpoint options on the ``knn_monitor`` metric); ``eval.use_best``
-   evaluates it instead of the final state.
+2. runs the evaluators of ``config.evals`` (``evaluators.frozen.FrozenEvaluator``, the class of
+   the end-of-run evaluation) every ``every`` steps and at the last step: ``config.evals.knn`` is
+   the kNN monitor, the first ``bank`` train patches as the bank and the first ``queries`` val
+   (else test) patches as queries, logged as ``knn_monitor`` in ``metrics.jsonl``;
+3. keeps the checkpoint with the best score of the evaluator with ``keep_best`` (the kNN one) in
+   ``<workdir>/checkpoints_best/`` beside the latest ones (orbax's best-checkpoint options on the
+   ``knn_monitor`` metric); ``eval.use_best`` evaluates it instead of the final state.
 
-Its state (detector counters, kNN history, best score) is saved in each checkpoint's ``info`` item,
+Its state (detector counters, each evaluator's history, best score) is saved in each checkpoint's ``info`` item,
 so a resumed run continues it; best checkpoints newer than the resumed step are dropped, as the
 metrics log drops later records.
 """
@@ -26,13 +27,11 @@ import logging
 import math
 from typing import Any
 
-import numpy as np
-
 from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.evaluators import FrozenEncoder
-from ssl4eo_jax.evaluators.knn import knn_scores
-from ssl4eo_jax.evaluators.metrics import classification_metrics
+from ssl4eo_jax.evaluators.frozen import PROTOCOLS, FrozenEvaluator
 from ssl4eo_jax.loop import LoopHooks
 from ssl4eo_jax.methods.base import evaluated_encoder
 
@@ -105,104 +104,118 @@ class Subset:
         return self._source.decode(raw, None if index is None else self._start + index)
 
 
-class KnnMonitor:
-    """The kNN score (the split's primary metric: OA or micro mAP, %) of an encoder on a fixed
-    small bank and query set."""
-
-    def __init__(self, frozen: FrozenEncoder, sources: dict[str, SplitSource], bank: int, queries: int,
-                 eval_cfg: Any):
-        train = sources["train"]
+def training_evaluators(config: Any, frozen: FrozenEncoder, sources: dict[str, SplitSource]
+                        ) -> dict[str, FrozenEvaluator]:
+    """The evaluators of ``config.evals`` run during training: ``config.evals.<protocol>`` (``knn``,
+    ``linear``) with ``every`` (steps; 0: off), the first ``bank`` train patches and the first
+    ``queries`` val (else test) patches, BN running statistics, the settings of ``config.eval``."""
+    evals = config.get("evals") or {}
+    train = sources["train"]
+    if evals and train.manifest.num_classes == 0:
+        logging.info("The dataset has no labels: no evaluators during training.")
+        return {}
+    out = {}
+    for name, cfg in evals.items():
+        if name not in PROTOCOLS:
+            raise ConfigError(f"config.evals.{name}: no such evaluator; the evaluators are {', '.join(PROTOCOLS)}.")
+        if int(cfg.get("every", 0)) <= 0:
+            continue
         split = next((s for s in ("val", "test") if s in sources), None)
-        self.bank = Subset(train, 0, bank)
-        self.queries = Subset(sources[split], 0, queries) if split else Subset(train, len(self.bank), queries)
-        manifest = train.manifest
-        self.multi_label = manifest.multi_label if eval_cfg.get("multi_label") is None else bool(eval_cfg.multi_label)
-        self.metric = "micro_map" if self.multi_label else "oa"
-        self.num_classes = manifest.num_classes
-        self.frozen, self.k, self.temperature = frozen, int(eval_cfg.knn.k), float(eval_cfg.knn.temperature)
-
-    def score(self, encoder_variables: dict[str, Any]) -> float:
-        bank = self.frozen.features(encoder_variables, self.bank, progress=False)
-        queries = self.frozen.features(encoder_variables, self.queries, progress=False)
-        targets = bank.multi_hot if self.multi_label else np.eye(self.num_classes, dtype=np.float32)[bank.label]
-        scores = knn_scores(bank.x, targets, queries.x, self.k, self.temperature)
-        return float(classification_metrics(scores, queries.label, queries.multi_hot, self.multi_label)["primary"])
+        bank = Subset(train, 0, int(cfg.bank))
+        queries = Subset(sources[split], 0, int(cfg.queries)) if split else Subset(train, len(bank), int(cfg.queries))
+        out[name] = FrozenEvaluator(f"{name} monitor", frozen, {"train": bank, queries.split: queries}, config.eval,
+                                    (name,), every=int(cfg.every), progress=False)
+    return out
 
 
 class TrainingMonitor(LoopHooks):
-    """The collapse detector, the kNN monitor and the best checkpoint: the pre-training loop's hooks
-    (``loop.LoopHooks``)."""
+    """The collapse detector, the evaluators of ``config.evals`` and the best checkpoint: the
+    pre-training loop's hooks (``loop.LoopHooks``)."""
 
     def __init__(self, config: Any, workdir: str, frozen: FrozenEncoder, sources: dict[str, SplitSource],
                  steps_per_epoch: float):
         cfg = config.get("monitor")
         self.method = str(config.method)  # the network scored: the one its official code evaluates
-        self.enabled = bool(cfg is not None and cfg.enabled)
+        self.enabled = bool(cfg is not None and cfg.enabled)  # the collapse watch
         self.cfg = cfg
         self.start_step = int(round(cfg.get("start_epoch", 0.0) * steps_per_epoch)) if self.enabled else 0
         self.detector = CollapseDetector(cfg.std_threshold, cfg.patience) if self.enabled else None
-        self.knn: KnnMonitor | None = None
-        if self.enabled and cfg.every > 0:
-            if sources["train"].manifest.num_classes > 0:
-                self.knn = KnnMonitor(frozen, sources, cfg.bank, cfg.queries, config.eval)
-            else:
-                logging.info("The dataset has no labels: no kNN monitor.")
-        self.best = (Checkpointer(workdir, keep=1, subdir="checkpoints_best", best_metric="knn_monitor")
-                     if self.knn is not None and cfg.keep_best else None)
-        self.history: list[dict[str, Any]] = []
+        self.evaluators = training_evaluators(config, frozen, sources)
+        keeping = [name for name, ev in self.evaluators.items() if config.evals[name].get("keep_best", False)]
+        if len(keeping) > 1:
+            raise ConfigError(f"config.evals: keep_best is set for {keeping}; one evaluator chooses the best "
+                              "checkpoint.")
+        self.best_by = keeping[0] if keeping else None
+        self.best = (Checkpointer(workdir, keep=1, subdir="checkpoints_best", best_metric=f"{self.best_by}_monitor")
+                     if self.best_by else None)
+        self.history: dict[str, list[dict[str, Any]]] = {name: [] for name in self.evaluators}
         self.best_step: int | None = None
         self.best_score = -math.inf
-        self.stop = False
+        self.due: list[str] = []
 
     def sync_due(self, step: int, last_step: int) -> bool:
-        """A kNN monitor point: it scores this step's state, so the loop reads it synchronously."""
-        return self.knn is not None and (step % self.cfg.every == 0 or step == last_step)
+        """An evaluator scores this step's state, so the loop reads the log point synchronously."""
+        self.due = [name for name, ev in self.evaluators.items() if ev.due(step, last_step)]
+        return bool(self.due)
 
     def observe(self, step: int, metrics: dict[str, float], state: Any, data_iter: Any, config: dict[str, Any],
                 sync: bool) -> dict[str, Any]:
-        """Handles one log point; returns what to add to its ``metrics.jsonl`` record."""
+        """Handles one log point (``sync``: the evaluators found due by ``sync_due`` run on ``state``);
+        returns what to add to its ``metrics.jsonl`` record."""
         record: dict[str, Any] = {}
-        if not self.enabled:
-            return record
-        if sync and self.knn is not None:
-            score = self.knn.score(evaluated_encoder(state, self.method))
-            self.history.append({"step": step, self.knn.metric: score})
-            record["knn_monitor"] = score
-            logging.info("kNN monitor at step %d: %s %.2f (best %.2f)", step, self.knn.metric, score,
-                         max(score, self.best_score))
-            if score > self.best_score:
-                self.best_score, self.best_step = score, step
-                if self.best is not None:  # orbax keeps the best by this metric and deletes the older one
-                    self.best.save(step, state, data_iter, config, info={"knn_monitor": score, "metric": self.knn.metric},
-                                   metrics={"knn_monitor": score})
+        for name in self.due if sync else ():
+            record.update(self._evaluate(name, self.evaluators[name], step, state, data_iter, config))
+        if self.enabled:
+            record.update(self._watch_collapse(step, metrics))
+        return record
+
+    def _evaluate(self, name: str, evaluator: FrozenEvaluator, step: int, state: Any, data_iter: Any,
+                  config: dict[str, Any]) -> dict[str, Any]:
+        """Runs one evaluator on the state's evaluated encoder; keeps the best checkpoint by it."""
+        split = next(s for s in evaluator.sources if s != "train")
+        out = evaluator.run(evaluated_encoder(state, self.method))
+        score = float(out[name][split]["primary"])
+        key = f"{name}_monitor"
+        self.history[name].append({"step": step, evaluator.metric: score})
+        logging.info("%s at step %d: %s %.2f", evaluator.name, step, evaluator.metric, score)
+        if name == self.best_by and score > self.best_score:
+            self.best_score, self.best_step = score, step
+            # orbax keeps the best checkpoint by this metric and deletes the one it supersedes
+            self.best.save(step, state, data_iter, config, info={key: score, "metric": evaluator.metric},
+                           metrics={key: score})
+        return {key: score}
+
+    def _watch_collapse(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         event = self.detector.update(step, metrics) if step >= self.start_step else None
         if event == "collapse":
-            record["collapse"] = True
-            self.stop = bool(self.cfg.stop_on_collapse)
+            stop = bool(self.cfg.stop_on_collapse)
             logging.warning(
                 "\n%s\nCOLLAPSE: %s has stayed below %.3g for %d log points (now %.4g at step %d; effective rank "
                 "%.3g).%s\n%s", "!" * 100, COLLAPSE_METRIC, self.detector.threshold, self.detector.patience,
                 metrics.get(COLLAPSE_METRIC, float("nan")), step, metrics.get("effective_rank", float("nan")),
-                " Stopping (monitor.stop_on_collapse)." if self.stop else
+                " Stopping (monitor.stop_on_collapse)." if stop else
                 " Consider --config.eval.use_best=True or monitor.stop_on_collapse.", "!" * 100)
-        elif event == "recovered":
+            return {"collapse": True, "stop": True} if stop else {"collapse": True}
+        if event == "recovered":
             logging.warning("The embeddings recovered from collapse at step %d (%s %.4g).", step, COLLAPSE_METRIC,
                             metrics.get(COLLAPSE_METRIC, float("nan")))
-        return record
+        return {}
 
     def checkpoint_info(self) -> dict[str, Any]:
-        """What a checkpoint stores to resume the monitor."""
-        if not self.enabled:
-            return {}
-        return {"collapse": self.detector.state(), "knn_history": self.history, "best_step": self.best_step,
-                "best_score": self.best_score if self.best_step is not None else None}
+        """What a checkpoint stores to resume the monitor (the collapse watch, each evaluator's
+        history as ``<name>_history``, the best score)."""
+        info: dict[str, Any] = {f"{name}_history": history for name, history in self.history.items()}
+        if self.enabled:
+            info["collapse"] = self.detector.state()
+        if self.best_by:
+            info.update(best_step=self.best_step, best_score=self.best_score if self.best_step is not None else None)
+        return info
 
     def restore(self, info: dict[str, Any], step: int) -> None:
         """Continues from a checkpoint's ``info`` at ``step``; drops best checkpoints after it."""
-        if not self.enabled:
-            return
-        self.detector.load(info.get("collapse", {}))
-        self.history = list(info.get("knn_history", []))
+        if self.enabled:
+            self.detector.load(info.get("collapse", {}))
+        self.history = {name: list(info.get(f"{name}_history", [])) for name in self.evaluators}
         self.best_step = info.get("best_step")
         self.best_score = info["best_score"] if info.get("best_score") is not None else -math.inf
         if self.best is not None:
@@ -223,15 +236,16 @@ class TrainingMonitor(LoopHooks):
         return self.best.restore_state(step, state_like), step
 
     def summary(self) -> dict[str, Any]:
-        """``results.json``'s ``collapse`` and ``knn_monitor`` entries."""
-        if not self.enabled:
-            return {}
-        out: dict[str, Any] = {"collapse": self.detector.summary()}
-        if self.knn is not None:
-            out["knn_monitor"] = {"metric": self.knn.metric, "bank": len(self.knn.bank),
-                                  "queries": len(self.knn.queries), "query_split": self.knn.queries.split,
-                                  "history": self.history, "best_step": self.best_step,
-                                  "best_score": self.best_score if self.best_step is not None else None}
+        """``results.json``'s ``collapse`` entry and one ``<name>_monitor`` entry per evaluator."""
+        out: dict[str, Any] = {"collapse": self.detector.summary()} if self.enabled else {}
+        for name, ev in self.evaluators.items():
+            queries = next(src for split, src in ev.sources.items() if split != "train")
+            entry = {"metric": ev.metric, "bank": len(ev.sources["train"]), "queries": len(queries),
+                     "query_split": queries.split, "every": ev.every, "history": self.history[name]}
+            if name == self.best_by:
+                entry.update(best_step=self.best_step,
+                             best_score=self.best_score if self.best_step is not None else None)
+            out[f"{name}_monitor"] = entry
         return out
 
     def close(self) -> None:

@@ -16,8 +16,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A 4-step job compiles in half the time without LLVM's optimisations; width 8 keeps it small.
 TINY_JOB = ["--config.data.global_batch=32", "--config.data.workers=0", "--config.eval.enabled=False",
-            "--config.monitor.enabled=False", "--config.model.width=8", "--config.aug.crop_size=32",
-            "--config.train.log_every=1"]
+            "--config.monitor.enabled=False", "--config.evals.knn.every=0", "--config.model.width=8",
+            "--config.aug.crop_size=32", "--config.train.log_every=1"]
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -45,7 +45,8 @@ def _job(method: str, devices: int, data_dir: str, workdir: str) -> list[float]:
     cmd = [sys.executable, "-m", "ssl4eo_jax.main", f"--config=configs/{method}.py", f"--workdir={workdir}",
            f"--config.data.dir={data_dir}", "--config.data.global_batch=32", "--config.data.workers=0",
            f"--config.train.steps={STEPS}", "--config.train.log_every=1", "--config.eval.enabled=False",
-           "--config.monitor.enabled=False", "--config.model.width=8", "--config.aug.crop_size=32",
+           "--config.monitor.enabled=False", "--config.evals.knn.every=0", "--config.model.width=8",
+           "--config.aug.crop_size=32",
            *HEADS[method]]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,7 +49,8 @@ def _two_process_command(workdir: str, data_dir: str, port: int, pid: int, steps
             f"--config.data.dir={data_dir}", "--config.data.global_batch=32", "--config.data.workers=0",
             "--config.aug.crop_size=32", "--config.model.width=8", "--config.barlow.projector=(32,32,32)",
             f"--config.train.steps={steps}", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
-            "--config.eval.enabled=False", "--config.monitor.enabled=False", "--config.distributed=explicit",
+            "--config.eval.enabled=False", "--config.monitor.enabled=False",
+            "--config.evals.knn.every=0", "--config.distributed=explicit",
             f"--config.cluster.coordinator=localhost:{port}", "--config.cluster.num_processes=2",
             f"--config.cluster.process_id={pid}", "--config.cluster.heartbeat_seconds=30"]
 

@@ -9,15 +9,18 @@ import math
 import os
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import pytest
 
 from ssl4eo_jax import sharding, train
 from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data import load_manifest
 from ssl4eo_jax.data.source import SplitSource
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.evaluators import frozen_encoder
 from ssl4eo_jax.methods import get_method
-from ssl4eo_jax.monitor import CollapseDetector, TrainingMonitor
+from ssl4eo_jax.monitor import CollapseDetector, TrainingMonitor, training_evaluators
 from ssl4eo_jax.report import read_metrics
 
 from conftest import tiny_config
@@ -51,7 +54,7 @@ class _Iterator:
 
 
 def _monitor(demo_dir: str, workdir: str, scores: list[float]) -> TrainingMonitor:
-    config = tiny_config(demo_dir, **{"monitor.every": 2})
+    config = tiny_config(demo_dir, **{"evals.knn.every": 2})
     manifest = load_manifest(demo_dir)
     sources = {s: SplitSource(manifest, s) for s in ("train", "val")}
     mean, std = manifest.band_stats()
@@ -59,7 +62,8 @@ def _monitor(demo_dir: str, workdir: str, scores: list[float]) -> TrainingMonito
     frozen = frozen_encoder(method.encoder, sharding.make_mesh(), config.eval, mean, std)
     monitor = TrainingMonitor(config, workdir, frozen, sources, steps_per_epoch=3.0)
     scripted = iter(scores)
-    monitor.knn.score = lambda variables: next(scripted)  # the kNN scores this test scripts
+    # the kNN scores this test scripts, in the evaluator's output layout
+    monitor.evaluators["knn"].run = lambda variables: {"knn": {"val": {"primary": next(scripted)}}}
     return monitor
 
 
@@ -73,6 +77,7 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_resumes(demo_dir, tmp_pat
     monitor = _monitor(demo_dir, workdir, [50.0, 70.0, 60.0, 80.0, 75.0])
     infos = {}
     for step in (2, 4, 6, 8, 10):
+        assert monitor.sync_due(step, 10)  # every 2 steps: the loop reads this log point now
         record = monitor.observe(step, _log(0.5), _state(step), _Iterator(), {"method": "barlow"}, sync=True)
         assert "knn_monitor" in record
         infos[step] = json.loads(json.dumps(monitor.checkpoint_info()))
@@ -87,11 +92,22 @@ def test_best_checkpoint_is_kept_beside_the_latest_and_resumes(demo_dir, tmp_pat
     again = _monitor(demo_dir, workdir, [65.0, 90.0])
     again.restore(infos[6], 6)
     assert again.best.steps() == [] and again.best_score == 70.0 and again.best_step == 4
-    again.observe(8, _log(0.5), _state(8), _Iterator(), {}, sync=True)  # 65 < 70: not kept
-    again.observe(10, _log(0.5), _state(10), _Iterator(), {}, sync=True)
+    for step in (8, 10):  # 65 < 70: not kept; 90 is
+        assert again.sync_due(step, 10) and not again.sync_due(step + 1, 10)
+        again.sync_due(step, 10)
+        again.observe(step, _log(0.5), _state(step), _Iterator(), {}, sync=True)
     again.best.wait()
     assert again.best.steps() == [10] and again.best_score == 90.0
     again.close()
+
+
+def test_an_unknown_evaluator_is_one_line_naming_it(demo_dir):
+    config = tiny_config(demo_dir)
+    config.evals.knnn = ml_collections.ConfigDict({"every": 5, "bank": 10, "queries": 10})
+    manifest = load_manifest(demo_dir)
+    sources = {s: SplitSource(manifest, s) for s in ("train", "val")}
+    with pytest.raises(ConfigError, match=r"config.evals.knnn: no such evaluator; the evaluators are knn, linear"):
+        training_evaluators(config, None, sources)
 
 
 def test_best_checkpoints_are_chosen_by_orbax_on_the_metric_not_the_step(tmp_path):
@@ -110,9 +126,11 @@ def test_best_checkpoints_are_chosen_by_orbax_on_the_metric_not_the_step(tmp_pat
 
 def test_run_that_collapses_stops_and_evaluates_its_best_checkpoint(demo_dir, tmp_path, caplog):
     """A threshold no embedding meets makes every log point "collapsed": with patience 2 and
-    stop_on_collapse the run stops at step 2 of 6, says so, and evaluates the best-kNN checkpoint."""
+    stop_on_collapse the run stops at step 2 of 6, says so, and evaluates the best-kNN checkpoint.
+    The linear-probe evaluator runs beside the kNN one, on its own schedule."""
     workdir = str(tmp_path / "run")
-    config = tiny_config(demo_dir, **{"train.steps": 6, "monitor.every": 2, "monitor.std_threshold": 1e9,
+    config = tiny_config(demo_dir, **{"train.steps": 6, "evals.knn.every": 2, "evals.linear.every": 1,
+                                      "evals.linear.bank": 64, "evals.linear.queries": 32, "monitor.std_threshold": 1e9,
                                       "monitor.patience": 2, "monitor.start_epoch": 0.0,
                                       "monitor.stop_on_collapse": True, "eval.use_best": True})
     with caplog.at_level(logging.WARNING):
@@ -126,7 +144,11 @@ def test_run_that_collapses_stops_and_evaluates_its_best_checkpoint(demo_dir, tm
     assert results["pretrained"]["knn"]["test"]["oa"] >= 0
     records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in records] == [1, 2]
-    assert records[1]["collapse"] and "knn_monitor" in records[1]
+    assert records[1]["collapse"] and records[1]["stop"]  # the record that ends the run
+    assert "knn_monitor" in records[1] and "knn_monitor" not in records[0]
+    assert all(0 <= r["linear_monitor"] <= 100 for r in records)
+    linear = saved["linear_monitor"]
+    assert [h["step"] for h in linear["history"]] == [1, 2] and "best_step" not in linear
     assert all(math.isfinite(r["effective_rank"]) and r["embedding_std"] > 0 for r in records)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints_best"))) == ["2"]
     assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -137,6 +159,7 @@ def test_log_points_before_the_start_epoch_do_not_count(demo_dir, tmp_path):
     monitor = _monitor(demo_dir, str(tmp_path), [])  # start_epoch 1 x 3 steps per epoch: from step 3
     low = _log(0.0)
     assert [monitor.observe(s, low, None, None, {}, sync=False) for s in (1, 2, 3, 4, 5, 6)] == [{}] * 6
-    assert monitor.observe(7, low, None, None, {}, sync=False) == {"collapse": True}  # 5 logs from step 3
-    assert monitor.summary()["collapse"]["first_step"] == 7 and not monitor.stop  # stop_on_collapse is off
+    # 5 logs from step 3; no "stop" in the record: stop_on_collapse is off
+    assert monitor.observe(7, low, None, None, {}, sync=False) == {"collapse": True}
+    assert monitor.summary()["collapse"]["first_step"] == 7
     monitor.close()

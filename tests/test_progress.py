@@ -62,7 +62,8 @@ def test_a_training_run_sent_to_a_log_file_has_whole_lines(demo_dir, tmp_path):
                            "--config.data.global_batch=32", "--config.data.workers=0", "--config.model.width=8",
                            "--config.aug.crop_size=32", "--config.barlow.projector=(32,32,32)",
                            "--config.train.steps=3", "--config.train.log_every=1", "--config.eval.enabled=False",
-                           "--config.monitor.enabled=False"], cwd=ROOT, env=env, capture_output=True)
+                           "--config.monitor.enabled=False", "--config.evals.knn.every=0"],
+                          cwd=ROOT, env=env, capture_output=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert b"\r" not in proc.stderr
     lines = proc.stderr.decode().splitlines()

@@ -232,7 +232,9 @@ def warmup_epochs(arg: str | None) -> Any:
 
 
 def add_monitor(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """``config.monitor`` (collapse watch, online kNN, best checkpoint) and ``config.eval.use_best``.
+    """``config.monitor`` (collapse watch), ``config.evals`` (evaluators run during training: ``knn``,
+the kNN evaluator on a small bank every ``every`` steps, whose best checkpoint is kept) and
+``config.eval.use_best``.
 
     The collapse threshold is on ``embedding_std_rel`` = std of the L2-normalised embeddings x
     sqrt(dim): ~1 for embeddings spread over the sphere, 0 at complete collapse. ``patience`` counts
@@ -246,11 +248,15 @@ def add_monitor(config: ml_collections.ConfigDict, arg: str | None) -> ml_collec
         "patience": 5,
         "start_epoch": 1.0,
         "stop_on_collapse": False,
-        "every": 50 if demo else 500,  # steps between kNN monitor runs (0: off); the last step always runs
+    })
+    config.evals = ml_collections.ConfigDict({"knn": {
+        "every": 50 if demo else 500,  # steps between runs (0: off); the last step always runs
         "bank": 500 if demo else 2000,  # first train patches: the kNN bank
         "queries": 250 if demo else 1000,  # first val (else test) patches: the queries
-        "keep_best": True,  # keep the checkpoint with the best kNN score in <workdir>/checkpoints_best
-    })
+        "keep_best": True,  # keep the checkpoint with the best score in <workdir>/checkpoints_best
+    }, "linear": {  # our linear probe on such a subset (off by default); its weight decay is chosen on the queries
+        "every": 0, "bank": 500 if demo else 2000, "queries": 250 if demo else 1000, "keep_best": False,
+    }})
     config.eval.use_best = False  # evaluate the best-kNN checkpoint instead of the last one
     return config
 
