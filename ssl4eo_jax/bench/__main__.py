@@ -220,7 +220,7 @@ def run_layers(results: dict) -> None:
 def run_memory(results: dict) -> None:
     import jax
 
-    from ssl4eo_jax.bench.host_memory import FILL, host_memory_bytes, largest_batch, resident_bytes
+    from ssl4eo_jax.bench.host_memory import FILL, host_memory_bytes, largest_batch, step_budget_bytes
     from ssl4eo_jax.bench.step_bench import step_memory_bytes
     from ssl4eo_jax.progress import progress
 
@@ -231,7 +231,7 @@ def run_memory(results: dict) -> None:
     ram = host_memory_bytes()
     rows, out = [], []
     for method in progress(FLAGS.methods, desc="memory", unit="method"):
-        budget = int(FILL * ram) - resident_bytes()
+        budget = step_budget_bytes(ram)
         r = largest_batch(lambda b: step_memory_bytes(method, b, FLAGS.patch, FLAGS.crop, dtype=FLAGS.dtype), budget)
         out.append({"method": method, **r})
         rows.append([method, r["batch"], f"{r['bytes'] / 2**30:.2f}", f"{r['bytes_per_image'] / 2**20:.1f}",

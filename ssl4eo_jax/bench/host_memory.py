@@ -31,6 +31,12 @@ def resident_bytes() -> int:
         return 0
 
 
+def step_budget_bytes(host_ram: int | None = None) -> int:
+    """What a CPU step may use: ``FILL`` of the host's RAM (``host_ram``, else measured) beside this
+    process's resident memory."""
+    return int(FILL * (host_ram or host_memory_bytes())) - resident_bytes()
+
+
 def compiled_bytes(compiled: Any) -> int:
     """Bytes XLA allocates for one call of a compiled computation (donated inputs counted once)."""
     m = compiled.memory_analysis()

@@ -87,11 +87,11 @@ def host_ram_shortfall(method: str, batch: int, patch: int, crop: int, dtype: st
     up to twice the step's memory (XLA's memory analysis, compiled, not run)."""
     if jax.devices()[0].platform != "cpu":
         return None  # a device reports running out of its memory as an error the suite records
-    from ssl4eo_jax.bench.host_memory import FILL, host_memory_bytes, resident_bytes
+    from ssl4eo_jax.bench.host_memory import step_budget_bytes
     from ssl4eo_jax.bench.step_bench import step_memory_bytes
 
     step = step_memory_bytes(method, batch, patch, crop, dtype=dtype, overrides=overrides)
-    free = FILL * (host_ram_bytes or host_memory_bytes()) - resident_bytes()
+    free = step_budget_bytes(host_ram_bytes)
     if 2 * step <= free:
         return None
     return (f"needs about {2 * step / 2**30:.1f} GiB of host RAM (twice its step's {step / 2**30:.1f} GiB), "
