@@ -171,18 +171,8 @@ def test_barlow_twins_matches_official():
                                  weight_decay=config.optim.weight_decay, lambd=config.barlow.lambd,
                                  projector="64-64-64")
 
-    def official(dtype: torch.dtype) -> tuple[list[dict], list[tuple]]:
-        model = official_barlow.BarlowTwins(args, _backbone(initial), FEATURES)
-        _load_mlp(model.projector, initial, "projector")
-        model = model.to(dtype)
-        optimizer = official_barlow.make_optimizer(args, model, eta=config.optim.eta)
-        snapshots, scalars = [_snapshot(model.backbone, {"projector": model.projector}, "online")], []
-        for step in range(N_STEPS):
-            y1, y2 = (v.to(dtype) for v in tviews[step])
-            scalars.append(official_barlow.train_step(args, model, optimizer, steps_per_epoch, step, y1, y2))
-            snapshots.append(_snapshot(model.backbone, {"projector": model.projector}, "online"))
-        return snapshots, scalars
-
+    official = _lars_projector_runner(official_barlow, official_barlow.BarlowTwins, args, config, initial, tviews,
+                                      steps_per_epoch)
     _assert_matches_exact(official, [_ours_snapshot(s, ("projector",), "online") for s in [initial, *states]],
                           metrics)
     _assert_trained(initial, states[-1])
@@ -283,6 +273,28 @@ def _assert_matches_exact(official: Callable[[torch.dtype], tuple[list[dict], li
     return scalars
 
 
+def _lars_projector_runner(official: Any, model_cls: Any, args: Any, config: Any, initial: Mapping[str, Any],
+                           tviews: list[list[torch.Tensor]], steps_per_epoch: float
+                           ) -> Callable[[torch.dtype], tuple[list[dict], list[tuple]]]:
+    """For ``_assert_matches_exact``: the official Barlow Twins / VICReg step (one shape: a backbone
+    and a projector, ``make_optimizer(args, model, eta)``, ``train_step(args, model, optimizer,
+    steps_per_epoch, step, x, y)``) from our initial weights in a given dtype."""
+
+    def run(dtype: torch.dtype) -> tuple[list[dict], list[tuple]]:
+        model = model_cls(args, _backbone(initial), FEATURES)
+        _load_mlp(model.projector, initial, "projector")
+        model = model.to(dtype)
+        optimizer = official.make_optimizer(args, model, eta=config.optim.eta)
+        snapshots, scalars = [_snapshot(model.backbone, {"projector": model.projector}, "online")], []
+        for step in range(N_STEPS):
+            x, y = (v.to(dtype) for v in tviews[step])
+            scalars.append(official.train_step(args, model, optimizer, steps_per_epoch, step, x, y))
+            snapshots.append(_snapshot(model.backbone, {"projector": model.projector}, "online"))
+        return snapshots, scalars
+
+    return run
+
+
 def _run_official_byol(config: Any, initial: Mapping[str, Any], tviews: list[list[torch.Tensor]],
                        steps_per_epoch: int, total: int, warmup: int, hidden: int, out: int, dtype: torch.dtype
                        ) -> tuple[list[dict[str, np.ndarray]], list[tuple[float, float, float]]]:
@@ -363,18 +375,8 @@ def test_vicreg_matches_official():
                                  wd=config.optim.weight_decay, mlp="64-64-64", sim_coeff=config.vicreg.sim_coeff,
                                  std_coeff=config.vicreg.std_coeff, cov_coeff=config.vicreg.cov_coeff)
 
-    def official(dtype: torch.dtype) -> tuple[list[dict], list[tuple]]:
-        model = official_vicreg.VICReg(args, _backbone(initial), FEATURES)
-        _load_mlp(model.projector, initial, "projector")
-        model = model.to(dtype)
-        optimizer = official_vicreg.make_optimizer(args, model, eta=config.optim.eta)
-        snapshots, scalars = [_snapshot(model.backbone, {"projector": model.projector}, "online")], []
-        for step in range(N_STEPS):
-            x, y = (v.to(dtype) for v in tviews[step])
-            scalars.append(official_vicreg.train_step(args, model, optimizer, steps_per_epoch, step, x, y))
-            snapshots.append(_snapshot(model.backbone, {"projector": model.projector}, "online"))
-        return snapshots, scalars
-
+    official = _lars_projector_runner(official_vicreg, official_vicreg.VICReg, args, config, initial, tviews,
+                                      steps_per_epoch)
     _assert_matches_exact(official, [_ours_snapshot(s, ("projector",), "online") for s in [initial, *states]],
                           metrics)
     _assert_trained(initial, states[-1])
