@@ -14,10 +14,16 @@ Experiments (``config.experiments.<name>.enabled``):
   fractions  label fractions, linear probe and fine-tuning vs supervised from scratch: Fig. 26
   transfer   pre-trained on one dataset, evaluated on another at several label fractions: Fig. 27
 
-Overrides: ``config.model`` applies to every encoder (pre-trained and random), ``config.pretrain`` to
-every pre-training config (``configs/<method>.py:<dataset>``), ``config.method_overrides.<method>`` to
-that method's, ``config.eval_overrides.<all|knn|linear|finetune>`` to the evaluation configs
-(``configs/eval/<task>.py:<dataset>``), ``config.data`` to every dataset section.
+Overrides: ``config.model`` applies to every encoder (pre-trained and random; a key of the other model
+family, a ResNet's ``width`` for a ViT, is skipped), ``config.model_overrides.<model>`` to that model's
+encoders (``{"vit_s16": {"patch_size": 8}}``), ``config.pretrain`` to every pre-training config
+(``configs/<method>.py:<dataset>``), ``config.method_overrides.<method>`` to that method's (its
+``model.name`` switches its encoder, e.g. to ``vit_tiny``), ``config.eval_overrides.<all|knn|linear|finetune>``
+to the evaluation configs (``configs/eval/<task>.py:<dataset>``), ``config.data`` to every dataset section.
+
+Models: each method pre-trains its config's encoder (ResNet-18 for the review's methods; a ViT for
+MoCo-v3, MAE, DINO-ViT), recorded as the cell's ``model``; the random-init and supervised baselines
+run once per model of the grid's methods (``ssl4eo_jax.benchmark.grid``).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ def _base(preset: str) -> ml_collections.ConfigDict:
         "cache_dir": config_dict.placeholder(str),
     })
     config.model = ml_collections.ConfigDict()
+    config.model_overrides = ml_collections.ConfigDict()
     config.pretrain = ml_collections.ConfigDict()
     config.method_overrides = ml_collections.ConfigDict()
     config.eval_overrides = ml_collections.ConfigDict({"all": {}, "knn": {}, "linear": {}, "finetune": {}})

@@ -38,7 +38,10 @@ CLASSIFIER_KEYS = (
     "task", "checkpoint", "normalisation", "encoder_bands", "seed", "model.name", "model.stem", "model.width",
     "data.name", "data.dir", "train.batch", "train.seed", "train.optim.name", "train.aug.crop_size",
     "eval.protocol", "eval.label_fraction", "eval.fraction_seed", "eval.fraction_with_replacement",
+    "eval.pool", "train.layer_decay",
 )
+# The value of a key that a checkpoint's config lacks (written before the key existed).
+KEY_DEFAULTS = {"train.layer_decay": 1.0}
 
 
 def resume_keys(config: dict[str, Any]) -> list[str]:
@@ -70,6 +73,7 @@ def config_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     out = []
     for key in resume_keys(current):
         a, b = _get(saved, key), _get(current, key)
+        a, b = (KEY_DEFAULTS.get(key) if v is None else v for v in (a, b))
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a = list(a) if isinstance(a, (list, tuple)) else a
             b = list(b) if isinstance(b, (list, tuple)) else b

@@ -2,9 +2,13 @@
 (configs in ``configs/eval/``). Read top to bottom: target data, encoder and band mapping, label
 fraction, protocol, results.
 
-Writes ``results.json`` (metrics of the val and test splits, the band mapping, the training subset,
-the config) and ``results.md`` into the work directory. Re-running with the same config returns the
-finished results without work; an unfinished fine-tuning resumes from its checkpoints.
+The encoder is a ResNet or a ViT; a ViT's pooling (class token or mean of the patch tokens) is the
+encoder's own unless ``config.eval.pool`` overrides it (``evaluators/encoders.py``).
+
+Writes ``results.json`` (metrics of the val and test splits, the band mapping, the pooling, the
+training subset, the config) and ``results.md`` into the work directory. Re-running with the same
+config returns the finished results without work; an unfinished fine-tuning resumes from its
+checkpoints.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from ssl4eo_jax.data.manifest import DatasetError, Manifest
 from ssl4eo_jax.data.source import SplitSource
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.evaluators import FrozenEvaluator, frozen_encoder, recompute_bn, split_features, split_metrics
+from ssl4eo_jax.evaluators.encoders import Encoder as EncoderModule
+from ssl4eo_jax.evaluators.encoders import pooling, with_pool
 from ssl4eo_jax.evaluators.finetune import Task, train_classifier
 from ssl4eo_jax.evaluators.fractions import fraction_source
 from ssl4eo_jax.evaluators.linear import head_scores
 from ssl4eo_jax.evaluators.transfer import BandMap, band_map, data_stats, resolve_band_map
 from ssl4eo_jax.methods.base import build_encoder, init_encoder
-from ssl4eo_jax.models.resnet import ResNet
 from ssl4eo_jax.report import format_table, write_json
 
 TASKS = ("knn", "linear", "finetune")
@@ -42,7 +47,7 @@ RANDOM = "random"
 class Encoder:
     """The encoder to evaluate, with the input mapping of the target data onto it."""
 
-    module: ResNet
+    module: EncoderModule
     variables: dict[str, Any]
     bands: BandMap
     mean: np.ndarray  # per data band
@@ -52,7 +57,13 @@ class Encoder:
 
 
 def load_target_encoder(config: ml_collections.ConfigDict, manifest: Manifest) -> Encoder:
-    """``config.checkpoint`` (run dir, weights file or ``random``) with its bands mapped onto ``manifest``'s."""
+    """``config.checkpoint`` (run dir, weights file or ``random``) with its bands mapped onto ``manifest``'s,
+    pooling as ``config.eval.pool`` says (unset: the encoder's own)."""
+    enc = _load_encoder(config, manifest)
+    return dataclasses.replace(enc, module=with_pool(enc.module, (config.get("eval") or {}).get("pool")))
+
+
+def _load_encoder(config: ml_collections.ConfigDict, manifest: Manifest) -> Encoder:
     path = config.get("checkpoint")
     if not path:
         raise ConfigError("config.checkpoint is required: a run directory, a PyTorch weights file, or 'random' "
@@ -156,7 +167,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, progress: bool = True) 
         "label_fraction": ev.label_fraction, "with_replacement": ev.fraction_with_replacement,
         "train_size": int(len(subset)), "train_distinct": int(len(np.unique(subset))),
         "metric_averaging": f"per batch of {per_batch}" if per_batch else "whole split",
-        "band_map": enc.bands.describe(), "normalisation": enc.normalisation, "metrics": metrics,
+        "band_map": enc.bands.describe(), "normalisation": enc.normalisation, "pool": pooling(enc.module),
+        "metrics": metrics,
         "training": summary, "wall_seconds": time.time() - began, "config": config_dict,
     }
     if jax.process_index() == 0:

@@ -255,3 +255,42 @@ def dino_center(center: jnp.ndarray, teacher_out: Sequence[jnp.ndarray], momentu
     batch_center = jnp.mean(jnp.concatenate([_promote(t) for t in teacher_out], axis=0), axis=0)
     new = _promote(center) * momentum + batch_center * (1.0 - momentum)
     return _sg(new).astype(center.dtype)
+
+
+def mocov3_contrastive(q: jnp.ndarray, k: jnp.ndarray, temperature: float = 0.2) -> jnp.ndarray:
+    """MoCo v3's ``contrastive_loss`` (facebookresearch/moco-v3 ``moco/builder.py``): the queries
+    (N, D) and the keys (stop-gradient) L2-normalised, logits ``q k^T / T`` over the global batch's
+    keys (the official ``concat_all_gather``), the positive on the diagonal, cross-entropy times
+    ``2 T``."""
+    return 2.0 * temperature * info_nce(q, k, None, temperature)
+
+
+def mocov3(q1: jnp.ndarray, q2: jnp.ndarray, k1: jnp.ndarray, k2: jnp.ndarray, temperature: float = 0.2
+           ) -> jnp.ndarray:
+    """MoCo v3's symmetric loss: ``contrastive(q1, k2) + contrastive(q2, k1)`` (``MoCo.forward``)."""
+    return mocov3_contrastive(q1, k2, temperature) + mocov3_contrastive(q2, k1, temperature)
+
+
+def patchify(images: jnp.ndarray, patch: int) -> jnp.ndarray:
+    """(N, H, W, C) -> (N, L, p*p*C) patches in row-major order, each flattened as (row, column,
+    channel): MAE's ``patchify`` (``einsum('nchpwq->nhwpqc')``) for channels-last images."""
+    n, h, w, c = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"Images of {h}x{w} px do not split into {patch} px patches.")
+    x = images.reshape(n, h // patch, patch, w // patch, patch, c)
+    return jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(n, (h // patch) * (w // patch), patch * patch * c)
+
+
+def mae(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, norm_pix: bool = True) -> jnp.ndarray:
+    """MAE's ``forward_loss`` (facebookresearch/mae ``models_mae.py``): the mean squared error per
+    patch between the decoder's prediction ``pred`` (N, L, P) and the patchified images ``target``
+    (N, L, P), averaged over the masked patches only (``mask`` (N, L): 1 masked, 0 visible). With
+    ``norm_pix`` (``--norm_pix_loss``) each target patch is standardised by its own mean and
+    *unbiased* variance (``target.var(dim=-1)``), ``(t - mean) / (var + 1e-6) ** 0.5``."""
+    pred, target, mask = _promote(pred), _sg(_promote(target)), _sg(_promote(mask))
+    if norm_pix:
+        mean = jnp.mean(target, axis=-1, keepdims=True)
+        var = jnp.sum(jnp.square(target - mean), axis=-1, keepdims=True) / (target.shape[-1] - 1)
+        target = (target - mean) / jnp.sqrt(var + 1e-6)
+    per_patch = jnp.mean(jnp.square(pred - target), axis=-1)
+    return jnp.sum(per_patch * mask) / jnp.sum(mask)

@@ -10,7 +10,12 @@
   new gradients; the Barlow Twins LARS scales the whole momentum by the current lr.
 * ``sgd``: SGD with momentum and coupled weight decay (PyTorch's ``SGD(weight_decay=...)``), on every
   parameter unless ``weight_decay_1d=False`` (DINO's groups: biases and norms without decay).
-* ``adamw``: AdamW with decoupled weight decay, 1-D parameters excluded from decay.
+* ``adamw``: AdamW with decoupled weight decay (PyTorch's ``AdamW``: ``w -= lr * wd * w``), 1-D
+  parameters excluded from decay unless ``weight_decay_1d=True`` (MoCo-v3 decays every parameter).
+
+``weight_decay_end`` (unset: constant) makes the weight decay a per-step cosine from
+``weight_decay`` at step 0 to ``weight_decay_end`` at the last step, DINO's ``wd_schedule``
+(``utils.cosine_scheduler(weight_decay, weight_decay_end, epochs, niter_per_ep)``, 0.04 -> 0.4 for ViTs).
 
 ``clip_grad > 0`` first clips each parameter's gradient to that L2 norm on its own (DINO's
 ``clip_gradients``; not a global-norm clip).
@@ -75,6 +80,20 @@ def make_schedule(cfg: Any, base_lr: float, steps_per_epoch: float, total_steps:
     return schedule
 
 
+def weight_decay_schedule(cfg: Any, total_steps: int) -> float | Schedule:
+    """``config.optim.weight_decay``, or DINO's cosine from it to ``weight_decay_end`` over the run."""
+    base, end = float(cfg.weight_decay), cfg.get("weight_decay_end")
+    if end is None:
+        return base
+    end = float(end)
+
+    def schedule(step: jnp.ndarray) -> jnp.ndarray:
+        progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(1, total_steps), 0.0, 1.0)
+        return end + 0.5 * (base - end) * (1.0 + jnp.cos(math.pi * progress))
+
+    return schedule
+
+
 def is_matrix(params: Any) -> Any:
     """True for weight matrices and kernels, False for biases and norm parameters (1-D)."""
     return jax.tree.map(lambda p: p.ndim > 1, params)
@@ -108,6 +127,7 @@ class ParamGroup:
 
     constant_lr: bool = False  # the base lr at every step, no warm-up or decay (SimSiam fix_pred_lr)
     frozen_steps: int = 0  # no update of any kind for the first steps (SwAV prototypes, DINO last layer)
+    frozen: bool = False  # never updated: requires_grad=False (MoCo-v3's patch projection, fixed position embeddings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,19 +169,22 @@ def clip_per_parameter(max_norm: float) -> optax.GradientTransformation:
     return optax.stateless(lambda updates, params: jax.tree.map(clip, updates))
 
 
-def _base_optimizer(cfg: Any, lr: Schedule, lr_biases: Schedule) -> optax.GradientTransformation:
+def _base_optimizer(cfg: Any, lr: Schedule, lr_biases: Schedule, weight_decay: float | Schedule
+                    ) -> optax.GradientTransformation:
     name = cfg.name
     if name == "lars":
-        return lars(lr, lr_biases, cfg.weight_decay, cfg.momentum, cfg.eta, bool(cfg.get("lr_in_momentum", False)))
+        if callable(weight_decay):
+            raise ConfigError("config.optim.weight_decay_end (a weight-decay schedule) is for sgd and adamw, not lars.")
+        return lars(lr, lr_biases, weight_decay, cfg.momentum, cfg.eta, bool(cfg.get("lr_in_momentum", False)))
     if name == "sgd":
         mask = None if cfg.get("weight_decay_1d", True) else is_matrix
         return optax.chain(
-            optax.add_decayed_weights(cfg.weight_decay, mask=mask),
+            optax.add_decayed_weights(weight_decay, mask=mask),
             optax.sgd(lr, momentum=cfg.momentum or None, nesterov=bool(cfg.get("nesterov", False))),
         )
     if name == "adamw":
-        return optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), weight_decay=cfg.weight_decay,
-                           mask=is_matrix)
+        mask = None if cfg.get("weight_decay_1d", False) else is_matrix
+        return optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), weight_decay=weight_decay, mask=mask)
     raise ConfigError(f"Unknown optimizer {name!r} in config.optim.name; choose lars, sgd or adamw.")
 
 
@@ -171,17 +194,22 @@ def make_optimizer(cfg: Any, steps_per_epoch: float, total_steps: int, groups: P
     the schedule of the main lr."""
     lr = make_schedule(cfg, float(cfg.lr), steps_per_epoch, total_steps)
     lr_b = make_schedule(cfg, float(cfg.get("lr_biases", cfg.lr)), steps_per_epoch, total_steps)
-    tx = _base_optimizer(cfg, lr, lr_b)
+    wd = weight_decay_schedule(cfg, total_steps)
+    tx = _base_optimizer(cfg, lr, lr_b, wd)
     if groups is not None and groups.groups:
         txs = {"default": tx}
         for label, group in groups.groups.items():
-            g_lr, g_lr_b = lr, lr_b
+            if group.frozen:
+                txs[label] = optax.set_to_zero()
+                continue
+            g_lr, g_lr_b, g_wd = lr, lr_b, wd
             if group.constant_lr:
                 g_lr, g_lr_b = (lambda _, v=float(cfg.lr): v), (lambda _, v=float(cfg.get("lr_biases", cfg.lr)): v)
             if group.frozen_steps > 0:  # the group's own step count starts after the freeze
                 n = group.frozen_steps
                 g_lr, g_lr_b = (lambda s, f=g_lr: f(s + n)), (lambda s, f=g_lr_b: f(s + n))
-            g_tx = _base_optimizer(cfg, g_lr, g_lr_b)
+                g_wd = (lambda s, f=wd: f(s + n)) if callable(wd) else wd
+            g_tx = _base_optimizer(cfg, g_lr, g_lr_b, g_wd)
             txs[label] = frozen_for(g_tx, group.frozen_steps) if group.frozen_steps > 0 else g_tx
         tx = optax.multi_transform(txs, groups.labels)
     if cfg.get("clip_grad", 0.0):

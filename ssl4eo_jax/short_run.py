@@ -10,8 +10,8 @@ split size N, the global batch B and the run length S (steps) are known, by thes
 1. **Warm-up**: every method warms up linearly over the first ``WARMUP_FRACTION`` (10 %) of the run
    (the published 10 of 100 epochs of BYOL, SimCLR, VICReg and DINO), SGD methods included.
 2. **The momentum network forgets its initialisation, and no faster**: a momentum network (MoCo's
-   key encoder, BYOL's target, DINO's teacher) keeps the reference's base momentum (0.999 for MoCo,
-   0.996 for BYOL and DINO) unless, over the run's S updates of its schedule, it would still hold
+   key encoder, BYOL's target, DINO's teacher, MoCo v3's momentum encoder) keeps the reference's base
+   momentum (0.999 for MoCo, 0.996 for BYOL and DINO, 0.99 for MoCo v3) unless, over the run's S updates of its schedule, it would still hold
    more than e^-``FORGET_NATS`` (e^-3, 5 %) of its random initialisation at the end (prod_t m_t);
    then the largest base momentum that leaves exactly that much. Constant m (MoCo):
    m = exp(-3 / S), 0.9864 over 219 steps; BYOL's and DINO's cosine to 1 average half the base
@@ -59,7 +59,7 @@ FREEZE_FRACTION = 0.01
 REFERENCE_BN_GROUP = 64
 REFERENCE_GPUS = 4
 # The reference values that rules 2, 5 and 6 never exceed.
-REFERENCE = {"mocov2.momentum": 0.999, "byol.momentum": 0.996, "dino.momentum_teacher": 0.996,
+REFERENCE = {"mocov2.momentum": 0.999, "byol.momentum": 0.996, "dino.momentum_teacher": 0.996, "mocov3.momentum": 0.99,
              "swav.prototypes": 500, "swav.queue_length": 1280}
 
 
@@ -189,6 +189,7 @@ RULES: dict[str, Callable[[RunSize, Any], tuple[Any, str]]] = {
     "mocov2.bn_group_size": _size_rule(moco_bn_group),
     "byol.momentum": _momentum_rule("byol", "momentum", "cosine"),
     "dino.momentum_teacher": _momentum_rule("dino", "momentum_teacher", "cosine"),
+    "mocov3.momentum": _momentum_rule("mocov3", "momentum", "cosine"),
     "dino.freeze_last_layer": _size_rule(frozen_epochs),
     "swav.prototypes": _size_rule(swav_prototypes),
     "swav.queue_length": _size_rule(swav_queue_length),

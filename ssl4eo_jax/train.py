@@ -48,7 +48,8 @@ def init_variables(method: Method, config: Any, num_bands: int) -> tuple[dict[st
 
 def init_state(method: Method, tx: optax.GradientTransformation, config: Any, num_bands: int,
                mesh: jax.sharding.Mesh) -> State:
-    """The initial train state, created directly as replicated arrays on the mesh."""
+    """The initial train state, created directly on the mesh: replicated, or with a ``model`` axis
+    sharded over it (``sharding.state_shardings``)."""
 
     def init() -> State:
         variables, extra = init_variables(method, config, num_bands)
@@ -60,7 +61,7 @@ def init_state(method: Method, tx: optax.GradientTransformation, config: Any, nu
             "extra": extra,
         }
 
-    return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+    return jax.jit(init, out_shardings=sharding.state_shardings(jax.eval_shape(init), mesh))()
 
 
 def update_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable, state: State,
@@ -90,9 +91,11 @@ def augment_key(config: Any) -> jax.Array:
 
 
 def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Callable, config: Any,
-                    mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh) -> Callable:
+                    mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh, state: State | None = None
+                    ) -> Callable:
     """The jitted step: augment on device (physical values, normalised last), then ``update_step``
-    on the views."""
+    on the views. The state keeps ``state``'s layout (``sharding.state_shardings``; without
+    ``state``, replicated)."""
     aug_key = augment_key(config)
     mean_j, std_j = jnp.asarray(mean), jnp.asarray(std)
     specs = augment.view_specs(config.aug)
@@ -102,11 +105,11 @@ def make_train_step(method: Method, tx: optax.GradientTransformation, lr_fn: Cal
                                    config.aug, mean_j, std_j, specs)
         return update_step(method, tx, lr_fn, state, views, config.seed)
 
-    state_sharding = sharding.replicated(mesh)
+    state_sharding = sharding.replicated(mesh) if state is None else sharding.state_shardings(state, mesh)
     return jax.jit(
         train_step,
         in_shardings=(state_sharding, sharding.batch_sharded(mesh)),
-        out_shardings=(state_sharding, state_sharding),
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
 
@@ -208,9 +211,9 @@ def write_results(config: ml_collections.ConfigDict, workdir: str, results: dict
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Pre-trains, evaluates and writes results into ``workdir``; returns the results dict."""
     began = time.time()
-    mesh = sharding.make_mesh()
-    logging.info("JAX %s on %d %s device(s), %d process(es)", jax.__version__, jax.device_count(),
-                 jax.devices()[0].platform, jax.process_count())
+    mesh = sharding.config_mesh(config)
+    logging.info("JAX %s on %d %s device(s), %d process(es); mesh %s", jax.__version__, jax.device_count(),
+                 jax.devices()[0].platform, jax.process_count(), dict(mesh.shape))
     recompute = recompute_bn(config.eval)  # a bad config.eval.bn fails now, not after pre-training
     inputs = load_inputs(config, mesh)
     n_steps, spe = inputs.total_steps, inputs.steps_per_epoch
@@ -228,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     method = get_method(config, length, mesh)
     tx, lr_fn = make_optimizer(config.optim, spe, n_steps, method.param_groups())
     state = init_state(method, tx, config, inputs.manifest.num_bands, mesh)
-    train_step = make_train_step(method, tx, lr_fn, config, inputs.mean, inputs.std, mesh)
+    train_step = make_train_step(method, tx, lr_fn, config, inputs.mean, inputs.std, mesh, state)
     data_iter = pipeline.DeviceIterator(
         pipeline.train_dataset(inputs.sources["train"], inputs.global_batch, config.seed), mesh,
         workers=config.data.workers, threads=config.data.get("threads", 2))

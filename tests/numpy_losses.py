@@ -166,3 +166,39 @@ def dino_center(center, teacher_out, momentum):
     rows = [r for t in teacher_out for r in t]
     batch_center = sum(rows) / len(rows)
     return center * momentum + batch_center * (1 - momentum)
+
+
+def mocov3(q1, q2, k1, k2, temperature):
+    """MoCo v3 ``builder.py``: ctr(q1, k2) + ctr(q2, k1), ctr = CE(q k^T / T, arange(N)) * 2T."""
+
+    def ctr(q, k):
+        n = len(q)
+        total = 0.0
+        for i in range(n):
+            qi = normalize(q[i])
+            logits = np.array([qi @ normalize(k[j]) for j in range(n)]) / temperature
+            total -= log_softmax(logits)[i]
+        return total / n * 2 * temperature
+
+    return ctr(q1, k2) + ctr(q2, k1)
+
+
+def mae(pred, imgs_nchw, mask, patch, norm_pix):
+    """MAE ``models_mae.py``: ``patchify`` of NCHW images (einsum 'nchpwq->nhwpqc'), optional
+    per-patch normalisation with the unbiased variance, MSE per patch, mean over masked patches."""
+    n, c, h, w = imgs_nchw.shape
+    gh, gw = h // patch, w // patch
+    x = imgs_nchw.reshape(n, c, gh, patch, gw, patch)
+    target = np.einsum("nchpwq->nhwpqc", x).reshape(n, gh * gw, patch * patch * c)
+    num = den = 0.0
+    for i in range(n):
+        for j in range(gh * gw):
+            t = target[i, j].copy()
+            if norm_pix:
+                mu = sum(t) / len(t)
+                var = sum((v - mu) ** 2 for v in t) / (len(t) - 1)
+                t = (t - mu) / math.sqrt(var + 1e-6)
+            err = sum((a - b) ** 2 for a, b in zip(pred[i, j], t)) / len(t)
+            num += err * mask[i, j]
+            den += mask[i, j]
+    return num / den

@@ -23,8 +23,9 @@ def test_suite_measures_every_figure_at_a_tiny_size(tmp_path):
     # of 8 images through the width-8 ResNet-18 forward and backward: more than 2 x 8 x 2.5 forward
     # passes (the encoder's forward, from the projection's count) in all, less than 2 x 8 x 6 with the
     # work every device repeats (the heads' update, the cross-correlation).
-    from ssl4eo_jax.bench.projection import encoder_forward_flops
     from ml_collections import ConfigDict
+
+    from ssl4eo_jax.bench.projection import encoder_forward_flops
 
     forward = encoder_forward_flops(ConfigDict({"name": "resnet18", "stem": "imagenet", "width": 8}), 32, 13, "float32")
     total = row["flops_per_step"] * jax.device_count()
@@ -34,7 +35,8 @@ def test_suite_measures_every_figure_at_a_tiny_size(tmp_path):
     header, _, values = table.splitlines()[:3]
     assert [c.strip() for c in header.strip("|").split("|")] == suite.HEADER
     cells = [c.strip() for c in values.strip("|").split("|")]
-    assert cells[:3] == ["barlow", "8", "float32"] and float(cells[4]) == pytest.approx(row["images_per_sec"], abs=0.06)
+    assert cells[:4] == ["barlow", "resnet18", "8", "float32"]
+    assert float(cells[5]) == pytest.approx(row["images_per_sec"], abs=0.06)
     json.dumps(out)  # the --out file
 
 

@@ -82,9 +82,70 @@ def test_demo_grid_has_the_review_methods_and_unknown_methods_are_refused():
     methods_cells = [c for c in cells if c.experiment == "methods"]
     # 4 methods + 2 baselines on each of the two pre-training datasets, linear probe only.
     assert len(methods_cells) == 2 * (4 + 2)
-    config.methods = ("mocov2", "mocov3")
-    with pytest.raises(ConfigError, match="'mocov3' is unknown"):
+    config.methods = ("mocov2", "no_such_method")
+    with pytest.raises(ConfigError, match="'no_such_method' is unknown"):
         expand(config)
+    assert {c.model for c in cells} == {"resnet18"}  # the review's methods pre-train ResNet-18s
+
+
+def vit_grid(methods: tuple[str, ...], vit_method: str):
+    """The test preset with ``vit_method`` switched to a tiny ViT (any method can be: the grid takes
+    each cell's encoder from its method's config and the grid's overrides, not from the method's name)."""
+    config = benchmark.get_config("test")
+    config.methods = methods
+    config.method_overrides[vit_method] = {**config.method_overrides.get(vit_method, {}),
+                                           "model": {"name": "vit_tiny"}}
+    config.model_overrides = {"vit_tiny": {"depth": 1, "patch_size": 8}}
+    return config
+
+
+def test_a_grid_with_a_vit_method_plans_its_cells_and_baselines_per_model():
+    from ssl4eo_jax.bench.projection import encoder_forward_flops, grid_lines
+
+    config = vit_grid(("barlow", "simsiam"), "simsiam")
+    config.experiments.augment.enabled = config.experiments.fractions.enabled = False
+    config.experiments.transfer.enabled = False
+    cells = expand(config)
+    assert [(c.method, c.model, c.eval_id) for c in cells] == [
+        ("barlow", "resnet18", "barlow-demo_ben-full--linear-demo_ben-f1-s0"),
+        ("simsiam", "vit_tiny", "simsiam-demo_ben-full--linear-demo_ben-f1-s0"),
+        ("random", "resnet18", "random--linear-demo_ben-f1-s0"),  # the default model's ids are as before
+        ("random", "vit_tiny", "random-vit_tiny--linear-demo_ben-f1-s0"),
+        ("supervised", "resnet18", "supervised--finetune-demo_ben-f1-s0"),
+        ("supervised", "vit_tiny", "supervised-vit_tiny--finetune-demo_ben-f1-s0"),
+    ]
+    barlow, simsiam, random_resnet, random_vit = cells[:4]
+    vit = driver.pretrain_config(config, simsiam).model
+    # config.model's width (a ResNet's) skips the ViT; config.model_overrides.vit_tiny applies to it.
+    assert (vit.name, vit.depth, vit.patch_size, vit.img_size) == ("vit_tiny", 1, 8, 24) and "width" not in vit
+    assert driver.pretrain_config(config, barlow).model.width == 16
+    # The random-init ViT is the ViT method's encoder, its position embeddings at the evaluation's 32 px.
+    assert driver.eval_config(config, random_vit, "random").model.to_dict() == {**vit.to_dict(), "img_size": 32}
+    assert driver.eval_config(config, simsiam, "run").model.to_dict() == vit.to_dict()
+    assert driver.eval_config(config, random_resnet, "random").model.name == "resnet18"
+    # The projection counts each cell's own encoder: the ViT evaluations' forward passes are the ViT's.
+    lines = {line.what: line for line in grid_lines(config, "float32")}
+    assert set(lines) == {f"pre-train {c.pretrain_id}" for c in cells[:2]} | {f"evaluate {c.eval_id}" for c in cells}
+    vit_forward = encoder_forward_flops(driver.eval_config(config, random_vit, "random").model, 32, 12, "float32")
+    assert lines[f"evaluate {random_vit.eval_id}"].flops_per_step == pytest.approx(vit_forward)
+    assert lines[f"evaluate {random_resnet.eval_id}"].flops_per_step != pytest.approx(vit_forward)
+
+
+def test_a_tiny_vit_cell_runs_and_records_its_model(tmp_path):
+    config = vit_grid(("barlow",), "barlow")
+    for name in ("augment", "fractions", "transfer"):
+        config.experiments[name].enabled = False
+    config.experiments.methods.baselines = ("random",)
+    config.data.cache_dir = str(tmp_path / "data")
+    workdir = str(tmp_path / "bench")
+    results = driver.run(config, workdir)
+    assert [(r["method"], r["model"]) for r in results["cells"]] == [("barlow", "vit_tiny"), ("random", "vit_tiny")]
+    for r in results["cells"]:
+        record = json.load(open(os.path.join(workdir, "cells", r["eval_id"], "cell.json")))
+        assert record["model"] == "vit_tiny" and 0 <= record["score"] <= 100
+    pretrained = json.load(open(os.path.join(workdir, "pretrain", "barlow_demo_ben_full_s0", "config.json")))
+    assert pretrained["model"]["name"] == "vit_tiny" and pretrained["model"]["depth"] == 1
+    assert "encoder: vit_tiny." in open(os.path.join(workdir, "results.md")).read()
 
 
 def test_review_preset_names_the_missing_dataset_and_its_converter(tmp_path):

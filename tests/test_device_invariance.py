@@ -33,7 +33,10 @@ HEADS = {
     "vicreg": ["--config.vicreg.projector=(32,32,32)"],
     "dino": ["--config.dino.out_dim=64", "--config.dino.hidden=(32,32)", "--config.dino.bottleneck=16",
              "--config.aug.local_views=2"],
+    "mocov3": ["--config.mocov3.mlp_dim=32", "--config.mocov3.dim=16"],
+    "mae": ["--config.mae.decoder_depth=1"],
 }
+VIT_METHODS = ("mocov3", "mae")  # a 2-block ViT-Ti instead of a ResNet-18 of width 8
 
 
 def _job(method: str, devices: int, data_dir: str, workdir: str) -> list[float]:
@@ -45,9 +48,8 @@ def _job(method: str, devices: int, data_dir: str, workdir: str) -> list[float]:
     cmd = [sys.executable, "-m", "ssl4eo_jax.main", f"--config=configs/{method}.py", f"--workdir={workdir}",
            f"--config.data.dir={data_dir}", "--config.data.global_batch=32", "--config.data.workers=0",
            f"--config.train.steps={STEPS}", "--config.train.log_every=1", "--config.eval.enabled=False",
-           "--config.monitor.enabled=False", "--config.evals.knn.every=0", "--config.model.width=8",
-           "--config.aug.crop_size=32",
-           *HEADS[method]]
+           "--config.monitor.enabled=False", "--config.evals.knn.every=0", "--config.aug.crop_size=32",
+           "--config.model.depth=2" if method in VIT_METHODS else "--config.model.width=8", *HEADS[method]]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

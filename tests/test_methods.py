@@ -41,24 +41,29 @@ from ssl4eo_jax.methods.swav import normalize_prototypes, push_queue
 from ssl4eo_jax.methods.targets import cosine_momentum, ema, momentum_at
 from ssl4eo_jax.models.batchnorm import BatchNorm
 from ssl4eo_jax.models.resnet import BN_EPSILON
+from ssl4eo_jax.models.vit import is_vit
 from ssl4eo_jax.optim import ParamGroup, ParamGroups, make_optimizer
 from ssl4eo_jax.presets.files import configs_dir, load_config_module
 
 BATCH, STEPS = 32, 16  # each configs/<method>.py's TINY settings assume these
 
 
-def method_config(name: str, data_dir: str, **overrides):
-    """``configs/<name>.py`` at toy scale: 32 px crops, ResNet-18 of width 16, and the config's own
-    ``TINY`` settings (small heads) and ``TINY_LR_FACTOR`` (a constant lr that learns in 16 steps)."""
+def method_config(name: str, data_dir: str, arg: str = "demo", **overrides):
+    """``configs/<name>.py:<arg>`` at toy scale: 32 px crops, ResNet-18 of width 16 (ViTs: the
+    config's TINY depth), and the config's own ``TINY`` settings (small heads) and
+    ``TINY_LR_FACTOR`` (a constant lr that learns in 16 steps)."""
     module = load_config_module(name)
-    config = module.get_config("demo")
+    config = module.get_config(arg)
     config.data.dir = data_dir
     config.data.global_batch = BATCH
     config.data.workers = 0
     config.aug.crop_size = 32
     config.aug.crop.scale = (0.5, 1.0)
     config.aug.ops = tuple(op for op in config.aug.ops if op not in ("band_drop", "grayscale", "brightness_contrast"))
-    config.model.width = 16
+    if is_vit(config.model.name):
+        config.model.depth = 2
+    else:
+        config.model.width = 16
     config.train.steps = STEPS
     config.optim.warmup_epochs = 0.0
     config.optim.schedule = "constant"
@@ -104,16 +109,20 @@ class Trainer:
 
 
 @functools.cache
-def _trainer(name: str, data_dir: str, n_devices: int = 8, n_batches: int = 2, **overrides) -> Trainer:
-    return Trainer(method_config(name, data_dir, **overrides), data_dir, n_devices, n_batches)
+def _trainer(name: str, data_dir: str, n_devices: int = 8, n_batches: int = 2, arg: str = "demo", **overrides
+             ) -> Trainer:
+    return Trainer(method_config(name, data_dir, arg, **overrides), data_dir, n_devices, n_batches)
 
 
 # ----------------------------------------------------------------------------- every method trains
 
+# Every method with its default encoder, and DINO with its ViT recipe (configs/dino.py:demo,arch=vit).
+RECIPES = [(name, "demo") for name in sorted(METHODS)] + [("dino", "demo,arch=vit")]
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_method_trains_on_eight_devices(demo_dir, name, tmp_path):
-    losses, metrics, state = _trainer(name, demo_dir).run(STEPS)
+
+@pytest.mark.parametrize("name,arg", RECIPES)
+def test_method_trains_on_eight_devices(demo_dir, name, arg, tmp_path):
+    losses, metrics, state = _trainer(name, demo_dir, arg=arg).run(STEPS)
     # The whole state, extra state included (SwAV here without a queue), goes through a checkpoint.
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(tmp_path / "state", state)
@@ -129,9 +138,15 @@ def test_method_trains_on_eight_devices(demo_dir, name, tmp_path):
     early, late = np.mean(trend[1:5]), np.mean(trend[-4:])
     assert late < early, f"{name}: {'KL' if name == 'dino' else 'loss'} did not decrease: {np.round(trend, 4)}"
     last = metrics[-1]
-    assert 0 < last["embedding_std"] < 1 and 1 <= last["effective_rank"] <= BATCH
+    if name == "mae":  # no embedding: 75 % of the patches masked, and the pixel error falls
+        assert last["mask_ratio"] == 0.75 and last["pixel_mse"] < metrics[0]["pixel_mse"]
+    else:
+        assert 0 < last["embedding_std"] < 1 and 1 <= last["effective_rank"] <= BATCH
     enc = state["params"]["encoder"]
-    assert "conv1" in enc and "bn1" in state["batch_stats"]["encoder"]  # the evaluators' convention
+    if is_vit(load_config_module(name).get_config(arg).model.name):  # the evaluators' convention
+        assert "patch_embed" in enc and state["batch_stats"]["encoder"] == {}
+    else:
+        assert "conv1" in enc and "bn1" in state["batch_stats"]["encoder"]
 
 
 def test_registry_names_match_the_configs():

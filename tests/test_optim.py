@@ -85,3 +85,62 @@ def test_per_epoch_decay_keeps_a_per_step_warmup():
     assert float(sched(14)) == pytest.approx(0.4 * 14 / 15)
     assert float(sched(15)) == float(sched(19)) == pytest.approx(0.4)  # epoch 1 starts before the warm-up's end
     assert float(sched(20)) == float(sched(29)) < 0.4  # one value per epoch after it
+
+
+def dino_cosine_scheduler(base_value, final_value, epochs, niter_per_ep):
+    """facebookresearch/dino ``utils.cosine_scheduler`` without warm-up, literally."""
+    iters = np.arange(epochs * niter_per_ep)
+    return final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+
+
+def test_weight_decay_schedule_is_dinos():
+    cfg = ml_collections.ConfigDict({"weight_decay": 0.04, "weight_decay_end": 0.4})
+    schedule = optim.weight_decay_schedule(cfg, total_steps=30)
+    expected = dino_cosine_scheduler(0.04, 0.4, 3, 10)
+    np.testing.assert_allclose([float(schedule(t)) for t in range(30)], expected, rtol=1e-5)
+    assert optim.weight_decay_schedule(ml_collections.ConfigDict({"weight_decay": 0.1}), 30) == 0.1
+
+
+@pytest.mark.parametrize("decay_1d", [False, True])
+def test_adamw_decays_with_the_schedule_and_1d_parameters_on_request(decay_1d):
+    """PyTorch AdamW's decoupled step ``w -= lr * wd_t * w`` (zero gradients leave only the decay),
+    with DINO's weight-decay schedule; 1-D parameters decay only with ``weight_decay_1d``."""
+    cfg = ml_collections.ConfigDict({"name": "adamw", "lr": 0.1, "weight_decay": 0.04, "weight_decay_end": 0.4,
+                                     "schedule": "constant", "weight_decay_1d": decay_1d})
+    tx, _ = optim.make_optimizer(cfg, steps_per_epoch=1.0, total_steps=4)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    state = tx.init(params)
+    wd = optim.weight_decay_schedule(cfg, 4)
+    for step in range(4):
+        grads = jax.tree.map(jnp.zeros_like, params)
+        updates, state = tx.update(grads, state, params)
+        np.testing.assert_allclose(updates["kernel"], -0.1 * float(wd(step)) * params["kernel"], rtol=1e-5)
+        np.testing.assert_allclose(updates["bias"], -0.1 * float(wd(step)) * params["bias"] if decay_1d else 0.0,
+                                   rtol=1e-5)
+        params = optax.apply_updates(params, updates)
+
+
+def test_lars_refuses_a_weight_decay_schedule():
+    cfg = ml_collections.ConfigDict({"name": "lars", "lr": 0.1, "weight_decay": 1e-6, "weight_decay_end": 1e-5,
+                                     "momentum": 0.9, "eta": 0.001})
+    with pytest.raises(optim.ConfigError, match="weight_decay_end"):
+        optim.make_optimizer(cfg, 1.0, 4)
+
+
+def test_a_group_frozen_for_the_run_never_moves():
+    """MoCo v3's ``--stop-grad-conv1`` and fixed position embeddings (``requires_grad=False``): no
+    update, no weight decay, whatever the gradient."""
+    from ssl4eo_jax.methods.base import group_labels
+
+    cfg = ml_collections.ConfigDict({"name": "adamw", "lr": 0.1, "weight_decay": 0.1, "schedule": "constant",
+                                     "weight_decay_1d": True})
+    groups = optim.ParamGroups(lambda p: group_labels(p, {"patch": "frozen"}),
+                               {"frozen": optim.ParamGroup(frozen=True)})
+    tx, _ = optim.make_optimizer(cfg, 1.0, 3, groups)
+    params = {"patch": jnp.ones((2, 2)), "other": jnp.ones((2, 2))}
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(params["patch"], 1.0)
+    assert np.all(np.asarray(params["other"]) < 1.0)

@@ -35,6 +35,7 @@ def _kept_share(base: float, steps: int, schedule: str) -> float:
     ("mocov2", "momentum", "constant", 0.986394),
     ("byol", "momentum", "cosine", 0.973005),
     ("dino", "momentum_teacher", "cosine", 0.973005),
+    ("mocov3", "momentum", "cosine", 0.973005),
 ])
 def test_momentum_network_forgets_its_initialisation_by_the_end_of_the_run(method, key, schedule, expected):
     config, lines = _resolved(method, DEMO)
@@ -49,7 +50,7 @@ def test_momentum_network_forgets_its_initialisation_by_the_end_of_the_run(metho
 
 @pytest.mark.parametrize("method,key,reference,schedule", [
     ("mocov2", "momentum", 0.999, "constant"), ("byol", "momentum", 0.996, "cosine"),
-    ("dino", "momentum_teacher", 0.996, "cosine")])
+    ("dino", "momentum_teacher", 0.996, "cosine"), ("mocov3", "momentum", 0.99, "cosine")])
 def test_long_runs_keep_the_reference_momentum(method, key, reference, schedule):
     for steps in (3_000, 105_000):  # the rule's threshold (about 3 / (1 - m) steps), a 100-epoch BigEarthNet run
         config, _ = _resolved(method, short_run.RunSize(269_695, 256, steps))

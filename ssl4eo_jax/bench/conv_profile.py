@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl4eo_jax.bench.timing import time_jitted
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.models.conv import conv_general_dilated
 from ssl4eo_jax.models.resnet import resnet
 
@@ -56,7 +57,7 @@ def resnet_convolutions(model: str, crop: int, bands: int, stem: str = "imagenet
     """The distinct convolutions of a BasicBlock ResNet on ``crop`` px views, with their counts."""
     net = resnet(model)
     if net.bottleneck:
-        raise ValueError(f"--what=layers profiles BasicBlock ResNets (resnet18, resnet34), not {model}.")
+        raise ConfigError(f"--what=layers profiles BasicBlock ResNets (resnet18, resnet34), not {model}.")
     if stem == "imagenet":
         shapes, size = [ConvShape("conv1 7x7/2", crop, bands, width, 7, 2, 1, needs_dx=False)], -(-crop // 2)
     else:

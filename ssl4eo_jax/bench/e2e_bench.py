@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from ssl4eo_jax import sharding, train
+from ssl4eo_jax.bench.models import model_label
 from ssl4eo_jax.bench.step_bench import bench_config
 from ssl4eo_jax.data import open_split, pipeline
 from ssl4eo_jax.methods import TrainLength, get_method
@@ -44,5 +45,6 @@ def bench_e2e(method: str, root: str, batch: int, crop: int, workers: int, dtype
         e2e = iters * batch / (time.perf_counter() - start)
     finally:
         it.close()
-    return {"method": method, "batch": batch, "workers": workers, "step_only_images_per_sec": step_only,
+    return {"method": method, "model": model_label(config.model), "batch": batch, "workers": workers,
+            "step_only_images_per_sec": step_only,
             "e2e_images_per_sec": e2e, "fraction": e2e / step_only, "loss_finite": bool(np.isfinite(float(metrics["loss"])))}

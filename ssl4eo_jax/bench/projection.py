@@ -10,7 +10,8 @@ published counts (``REFERENCE_SPLITS``, docs: ``../shared/DATA_FORMATS.md``).
 Evaluations: kNN is one encoder forward pass over the train and test splits; the reference linear
 probe (the review's ``*_LC.py``) runs the frozen encoder forward on every image of every epoch, and
 our own linear protocol forward once; fine-tuning (and the supervised baseline) costs three forward
-passes per image per epoch (forward + backward, the usual 1 : 2 ratio).
+passes per image per epoch (forward + backward, the usual 1 : 2 ratio). Each cell's encoder is its
+own (``Cell.model``: a ResNet or a ViT), as its pre-training step's is its method's.
 """
 
 from __future__ import annotations
@@ -135,12 +136,12 @@ def grid_lines(config: Any, dtype: str = "bfloat16", progress: Any = None) -> li
         (train_n, _, _), shape = split_sizes(config, cell.pretrain)
         steps = total_steps(cfg, train_n / cfg.data.global_batch)
         lines.append(Line(f"pre-train {pid}", steps, pretrain_step_flops(cfg, shape, dtype)))
-    forward_cache: dict[tuple[int, int], float] = {}
+    forward_cache: dict[tuple[str, int, int], float] = {}
     for eval_id, cell in {c.eval_id: c for c in cells}.items():  # equal evaluations are shared, as in the driver
         cfg = driver.eval_config(config, cell, "random")
         (train_n, val_n, test_n), shape = split_sizes(config, cell.target)
         size = int(cfg.train.aug.crop_size) if "train" in cfg and "aug" in cfg.train else int(cfg.eval.size)
-        key = (size, shape[-1])
+        key = (repr(sorted(cfg.model.to_dict().items())), size, shape[-1])  # the cell's encoder (ResNet or ViT)
         if key not in forward_cache:
             forward_cache[key] = encoder_forward_flops(cfg.model, size, shape[-1], dtype)
         fwd = forward_cache[key]

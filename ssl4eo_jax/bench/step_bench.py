@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from ssl4eo_jax import augment, sharding, train
+from ssl4eo_jax.bench.models import apply_model_overrides, model_label, split_model_overrides
 from ssl4eo_jax.bench.timing import time_jitted
 from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.methods.base import method_key
@@ -45,14 +46,17 @@ def known_peak_tflops(device: jax.Device) -> float | None:
 def bench_config(method: str, batch: int, crop: int, dtype: str | None,
                  overrides: dict[str, Any] | None = None) -> Any:
     """The method's BigEarthNet config at the given batch, view size and dtype; ``overrides``
-    (``{"model.width": 8}``) shrink it for the tests."""
+    (``{"model.width": 8}``) shrink it for the tests, and ``{"model.name": "vit_s16"}`` selects
+    another encoder (``bench.models``; a ViT's position embeddings are for ``crop`` px)."""
 
     config = get_config(method, "bigearthnet")
     config.data.global_batch = batch
     config.aug.crop_size = crop
     if dtype:
         config.model.dtype = dtype
-    apply_overrides(config, overrides or {})
+    model, rest = split_model_overrides(overrides)
+    config.model = apply_model_overrides(config.model, model, crop)
+    apply_overrides(config, rest)
     return config
 
 
@@ -128,7 +132,7 @@ def bench_step(method: str, batch: int, patch: int, crop: int, bands: int = 13, 
     peak = peak_tflops or known_peak_tflops(jax.devices()[0])
     achieved = flops / step_s / 1e12 if flops else None
     return {
-        "method": method, "batch": batch, "patch": patch, "crop": crop,
+        "method": method, "model": model_label(config.model), "batch": batch, "patch": patch, "crop": crop,
         "dtype": str(compute_dtype(config.model.dtype)),
         "images_per_sec": batch / step_s, "step_ms": 1e3 * step_s, "augment_ms": 1e3 * aug_s,
         "fwd_bwd_ms": 1e3 * fb_s, "update_ms": 1e3 * up_s, "augment_fraction": aug_s / step_s,

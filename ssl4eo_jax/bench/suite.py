@@ -4,7 +4,8 @@ For each method: the train step at the given batch (compile seconds, images/s, X
 MFU, peak device memory, peak host RSS), the same step fed from ArrayRecord shards by the Grain
 pipeline (end-to-end images/s), and, where the device reports its memory limit (GPU/TPU), the
 largest batch that fits, estimated from the measured peak and then run to confirm it. The PyTorch
-reference step (Barlow Twins) is timed beside it when torch is importable. Results are a JSON dict
+reference step (Barlow Twins on a ResNet-18) is timed beside it when torch is importable and the
+Barlow Twins row runs a ResNet-18 too (not with ``--model=vit_s16``). Results are a JSON dict
 and a Markdown table; ``--append_docs`` appends the table to docs/benchmarks.md under the device's
 name.
 """
@@ -19,10 +20,11 @@ import jax
 
 from ssl4eo_jax.bench.e2e_bench import bench_e2e
 from ssl4eo_jax.bench.step_bench import bench_step
+from ssl4eo_jax.bench.torch_step import reference_skip
 from ssl4eo_jax.report import format_table
 
-HEADER = ["method", "batch", "dtype", "compile s", "step images/s", "e2e images/s", "TFLOP/step", "TFLOP/s", "MFU %",
-          "peak device GiB", "peak host RSS GiB"]
+HEADER = ["method", "model", "batch", "dtype", "compile s", "step images/s", "e2e images/s", "TFLOP/step", "TFLOP/s",
+          "MFU %",           "peak device GiB", "peak host RSS GiB"]
 
 
 def largest_batch(measured: dict[str, Any], devices: int) -> int | None:
@@ -50,7 +52,7 @@ def run_suite(methods: list[str], batch: int, patch: int, crop: int, shards: str
     for method in progress(methods, desc="suite", unit="method"):
         short = host_ram_shortfall(method, batch, patch, crop, dtype, overrides, host_ram_bytes)
         if short:
-            rows.append({"method": method, "batch": batch, "largest": False, "error": short})
+            rows.append({"method": method, "model": None, "batch": batch, "largest": False, "error": short})
             on_rows(rows)
             continue
         step = bench_step(method, batch, patch, crop, dtype=dtype, iters=iters, peak_tflops=peak_tflops,
@@ -64,11 +66,14 @@ def run_suite(methods: list[str], batch: int, patch: int, crop: int, shards: str
                                           overrides=overrides),
                              "e2e_images_per_sec": None, "largest": True})
             except Exception as e:  # noqa: BLE001 - out of memory: the estimate was too high, say so
-                rows.append({"method": method, "batch": big, "largest": True, "error": str(e).splitlines()[0][:200]})
+                rows.append({"method": method, "model": step["model"], "batch": big, "largest": True,
+                             "error": str(e).splitlines()[0][:200]})
         on_rows(rows)
     out: dict[str, Any] = {"rows": rows, "torch_reference": None}
     barlow = next((r for r in rows if r["method"] == "barlow" and not r["largest"] and "error" not in r), None)
-    if barlow is not None and torch_reference:
+    if barlow is not None and torch_reference and reference_skip(barlow["model"]):
+        out["torch_reference_skipped"] = reference_skip(barlow["model"])
+    elif barlow is not None and torch_reference:
         try:
             from ssl4eo_jax.bench.torch_step import torch_barlow_images_per_sec
         except ImportError:
@@ -107,10 +112,11 @@ def suite_table(results: dict[str, Any]) -> str:
     rows = []
     for r in results["rows"]:
         if "error" in r:
-            rows.append([r["method"], f"{r['batch']}{' (largest?)' if r['largest'] else ''}", "-", "-", f"failed: {r['error']}"] + ["-"] * 6)
+            batch = f"{r['batch']}{' (largest?)' if r['largest'] else ''}"
+            rows.append([r["method"], r.get("model") or "-", batch, "-", "-", f"failed: {r['error']}"] + ["-"] * 6)
             continue
         mfu = _fmt(r["mfu"] and 100 * r["mfu"], ".1f")
-        rows.append([r["method"], f"{r['batch']}{' (largest)' if r['largest'] else ''}", r["dtype"],
+        rows.append([r["method"], r["model"], f"{r['batch']}{' (largest)' if r['largest'] else ''}", r["dtype"],
                      f"{r['compile_seconds']:.1f}", f"{r['images_per_sec']:.1f}", _fmt(r["e2e_images_per_sec"], ".1f"),
                      f"{r['flops_per_step'] / 1e12:.3f}", _fmt(r["tflops_achieved"], ".2f"), mfu,
                      _fmt(r["peak_device_gib"], ".2f"), f"{r['peak_host_rss_gib']:.2f}"])
@@ -119,6 +125,8 @@ def suite_table(results: dict[str, Any]) -> str:
     if ref:
         table += (f"\n\nPyTorch reference step (Barlow Twins, views given) on {ref['device']}: "
                   f"{ref['images_per_sec']:.1f} images/s; ssl4eo-jax / PyTorch = {ref['ratio']:.2f}.")
+    if results.get("torch_reference_skipped"):
+        table += f"\n\nPyTorch reference step skipped: {results['torch_reference_skipped']}."
     return table
 
 

@@ -12,6 +12,16 @@ from __future__ import annotations
 
 import time
 
+REFERENCE_MODEL = "resnet18"
+
+
+def reference_skip(model: str) -> str | None:
+    """Why the reference step does not compare with a step on ``model`` (None: it does)."""
+    if model == REFERENCE_MODEL:
+        return None
+    return f"it is a {REFERENCE_MODEL} Barlow Twins step; this one runs {model}"
+
+
 
 def torch_barlow_images_per_sec(batch: int, crop: int, bands: int = 13, iters: int = 5,
                                 dtype: str = "float32") -> tuple[float, str]:

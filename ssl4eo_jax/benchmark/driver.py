@@ -23,15 +23,13 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 
 from ssl4eo_jax import evaluate, train
 from ssl4eo_jax.benchmark import figures
-from ssl4eo_jax.benchmark.grid import Cell, datasets_used, expand, grid_configs_dir
+from ssl4eo_jax.benchmark.cell_configs import eval_config, pretrain_config
+from ssl4eo_jax.benchmark.grid import Cell, datasets_used, expand
 from ssl4eo_jax.data.datasets import CONVERTERS
 from ssl4eo_jax.data.manifest import MANIFEST_NAME, DatasetError
-from ssl4eo_jax.presets.files import get_config
-from ssl4eo_jax.presets.pretrain import apply_overrides
 from ssl4eo_jax.progress import progress
 from ssl4eo_jax.report import write_json
 from ssl4eo_jax.tensorboard_events import write_grid_events
@@ -52,39 +50,6 @@ def check_data(config: Any, datasets: list[str]) -> None:
             f"--config.data.dirs.{name}=<dir>.")
 
 
-def _data_overrides(config: Any, name: str) -> dict[str, Any]:
-    data = {k: v for k, v in config.data.items() if k != "dirs"}
-    data["dir"] = None if name.startswith("demo") else config.data.dirs.get(name)
-    return data
-
-
-def pretrain_config(config: Any, cell: Cell) -> ml_collections.ConfigDict:
-    """``configs/<method>.py:<dataset>[,aug=<arm>]`` with the preset's overrides, evaluation off."""
-    arg = cell.pretrain if cell.aug == "full" else f"{cell.pretrain},aug={cell.aug}"
-    cfg = get_config(cell.method, arg, grid_configs_dir(config))
-    apply_overrides(cfg, {"data": _data_overrides(config, cell.pretrain), "model": config.model})
-    apply_overrides(cfg, config.pretrain)
-    apply_overrides(cfg, config.method_overrides.get(cell.method, {}))
-    cfg.seed = cell.seed
-    cfg.eval.enabled = False  # the cells evaluate
-    return cfg
-
-
-def eval_config(config: Any, cell: Cell, checkpoint: str) -> ml_collections.ConfigDict:
-    """``configs/eval/<protocol>.py:<target>`` for the cell, with the preset's overrides."""
-    cfg = get_config(f"eval/{cell.protocol}", cell.target, grid_configs_dir(config))
-    apply_overrides(cfg, {"data": _data_overrides(config, cell.target), "model": config.model})
-    apply_overrides(cfg, config.eval_overrides.get("all", {}))
-    apply_overrides(cfg, config.eval_overrides.get(cell.protocol, {}))
-    cfg.checkpoint = checkpoint
-    cfg.seed = cfg.train.seed = cell.seed
-    cfg.eval.label_fraction = cell.fraction
-    cfg.eval.fraction_seed = 42 + cell.seed
-    if cell.protocol == "linear":
-        cfg.eval.protocol = config.linear_protocol
-    return cfg
-
-
 def _same_config(path: str, config_dict: dict[str, Any]) -> bool:
     if not os.path.isfile(path):
         return False
@@ -101,8 +66,8 @@ def ensure_pretrained(config: Any, cell: Cell, workdir: str) -> tuple[str, dict[
         with open(results_path) as f:
             results = json.load(f)
     else:
-        logging.info("Pre-training %s on %s (aug %s, seed %d) in %s", cell.method, cell.pretrain, cell.aug,
-                     cell.seed, run_dir)
+        logging.info("Pre-training %s (%s) on %s (aug %s, seed %d) in %s", cell.method, cell.model, cell.pretrain,
+                     cell.aug, cell.seed, run_dir)
         results = train.run(cfg, run_dir)
     info = {"run_dir": run_dir, "wall_seconds": results["wall_seconds"], "steps": results["steps"],
             "epochs": results["epochs"], "final_loss": results["final_metrics"].get("loss"),
@@ -116,7 +81,9 @@ def run_cell(config: Any, cell: Cell, workdir: str) -> tuple[dict[str, Any], boo
     path = os.path.join(cell_dir, "cell.json")
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f), False
+            record = json.load(f)
+        record.setdefault("model", cell.model)  # recorded before cells had a model
+        return record, False
     began = time.time()
     checkpoint, pretrain = "random", None
     if cell.pretrain:

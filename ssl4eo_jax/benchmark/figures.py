@@ -9,7 +9,8 @@
 * Fig. 27 (``transfer``): the same for an encoder pre-trained on one dataset and evaluated on another.
 
 Scores are the primary metric of the recorded split (micro mAP for multi-label data, overall accuracy
-for single-label data), averaged over seeds.
+for single-label data), averaged over seeds. Each table names its encoders; where an experiment mixes
+models (ResNet and ViT methods), every row names its own (``random init, vit_s16``).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ TITLES = {
 Record = dict[str, Any]
 
 
-def label(r: Record, with_protocol: bool = True) -> str:
+def label(r: Record, with_protocol: bool = True, with_model: bool = False) -> str:
+    model = f", {r['model']}" if with_model and r.get("model") else ""
     if r["method"] == "random":
-        return "random init" + (f" ({r['protocol']})" if with_protocol else "")
+        return f"random init{model}" + (f" ({r['protocol']})" if with_protocol else "")
     if r["method"] == "supervised":
-        return "supervised (scratch)"
-    return f"{r['method']} ({r['protocol']})" if with_protocol else r["method"]
+        return f"supervised (scratch){model}"
+    return f"{r['method']}{model} ({r['protocol']})" if with_protocol else f"{r['method']}{model}"
+
+
+def models(records: list[Record]) -> list[str]:
+    """The encoders of the records, in first-seen order (none for records of before cells had one)."""
+    return list(dict.fromkeys(r["model"] for r in records if r.get("model")))
 
 
 def fraction_label(fraction: float) -> str:
@@ -57,13 +64,14 @@ def pivot(records: list[Record], row: Callable[[Record], str], col: Callable[[Re
 
 def _layout(experiment: str, records: list[Record]) -> tuple[list[str], list[Any], dict, str, Callable]:
     """(rows, columns, values, column header, column formatter) of one experiment's table."""
+    mixed = len(models(records)) > 1
     if experiment == "methods":
-        rows, cols, values = pivot(records, lambda r: label(r, False), lambda r: r["target"])
+        rows, cols, values = pivot(records, lambda r: label(r, False, mixed), lambda r: r["target"])
         return rows, cols, values, "method", str
     if experiment == "augment":
         rows, cols, values = pivot(records, lambda r: r["aug"], lambda r: r["target"])
         return rows, cols, values, "augmentation", str
-    rows, cols, values = pivot(records, label, lambda r: r["fraction"])
+    rows, cols, values = pivot(records, lambda r: label(r, True, mixed), lambda r: r["fraction"])
     return rows, cols, values, "method (protocol)", fraction_label
 
 
@@ -79,7 +87,8 @@ def markdown(records: list[Record], preset: str) -> str:
         table = format_table([head, *(fmt(c) for c in cols)],
                              [[row, *(values.get((row, c), "-") for c in cols)] for row in rows])
         split = rs[0]["split"]
-        parts.append(f"## {TITLES[experiment]}\n\n{split} split; {metric}.\n\n{table}\n")
+        encoders = f"; encoder: {', '.join(models(rs))}" if models(rs) else ""
+        parts.append(f"## {TITLES[experiment]}\n\n{split} split; {metric}{encoders}.\n\n{table}\n")
     return "\n".join(parts)
 
 

@@ -1,10 +1,14 @@
 """The cells of a benchmark preset: (experiment, method, pre-training dataset, augmentation arm,
-label fraction, protocol, target dataset, seed).
+label fraction, protocol, target dataset, seed, model).
 
 ``method`` is an SSL method of ``ssl4eo_jax.methods`` (pre-trained first), or a baseline:
 ``random`` (the randomly initialised encoder, evaluated frozen) or ``supervised`` (trained from
 scratch on the target: the fine-tuning protocol from random init). An unknown method name is a
 ``ConfigError`` before anything runs.
+
+``model`` is the cell's encoder (``resnet18``, ``vit_s16``, ...): a method's comes from its config
+with the grid's overrides (``cell_configs``); the baselines run once per model of the grid's
+methods, so a grid with ResNet and ViT methods has random-init and supervised cells of each.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import dataclasses
 import os
 from typing import Any
 
+from ssl4eo_jax.benchmark.cell_configs import grid_configs_dir, method_model
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.methods import METHODS
-from ssl4eo_jax.presets.files import configs_dir
+from ssl4eo_jax.presets.pretrain import model_config
 
 BASELINES = ("random", "supervised")
+# The presets' encoder: a baseline on another one names its model in its evaluation's identity.
+DEFAULT_MODEL = model_config("imagenet")["name"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,21 +37,21 @@ class Cell:
     protocol: str  # knn | linear | finetune
     target: str
     seed: int
+    model: str  # the encoder, e.g. resnet18, vit_s16
 
     @property
     def eval_id(self) -> str:
-        """The evaluation's identity: the same for equal evaluations of different experiments."""
-        source = f"{self.method}-{self.pretrain}-{self.aug}" if self.pretrain else self.method
+        """The evaluation's identity: the same for equal evaluations of different experiments. (A
+        pre-trained encoder's model is its method's; a baseline's is named unless it is the default.)"""
+        if self.pretrain:
+            source = f"{self.method}-{self.pretrain}-{self.aug}"
+        else:
+            source = self.method if self.model == DEFAULT_MODEL else f"{self.method}-{self.model}"
         return f"{source}--{self.protocol}-{self.target}-f{self.fraction:g}-s{self.seed}"
 
     @property
     def pretrain_id(self) -> str | None:
         return f"{self.method}_{self.pretrain}_{self.aug}_s{self.seed}" if self.pretrain else None
-
-
-def grid_configs_dir(config: Any) -> str:
-    """Where the grid's method and evaluation config files are: beside the benchmark config."""
-    return config.get("configs_dir") or configs_dir()
 
 
 def available_methods(methods: Any, directory: str) -> list[str]:
@@ -65,18 +72,27 @@ def expand(config: Any) -> list[Cell]:
     methods = available_methods(config.methods, grid_configs_dir(config))
     ex = config.experiments
     cells: list[Cell] = []
+    models: dict[tuple[str, str], str] = {}
 
-    def add(*args: Any) -> None:
+    def model_of(method: str, dataset: str) -> str:
+        if (method, dataset) not in models:
+            models[(method, dataset)] = method_model(config, method, dataset)
+        return models[(method, dataset)]
+
+    def add(*args: Any, model: str) -> None:
         for seed in config.seeds:
-            cells.append(Cell(*args, seed=int(seed)))
+            cells.append(Cell(*args, seed=int(seed), model=model))
 
     def block(experiment: str, source: str, target: str, fractions: Any, protocols: Any, baselines: Any) -> None:
         for fraction in fractions:
             for method in methods:
                 for protocol in protocols:
-                    add(experiment, method, source, "full", float(fraction), protocol, target)
+                    add(experiment, method, source, "full", float(fraction), protocol, target,
+                        model=model_of(method, source))
             for baseline in baselines:
-                add(experiment, baseline, None, "full", float(fraction), _baseline_protocol(baseline), target)
+                for name in dict.fromkeys(model_of(m, source) for m in methods):
+                    add(experiment, baseline, None, "full", float(fraction), _baseline_protocol(baseline), target,
+                        model=name)
 
     if ex.methods.enabled:
         for dataset in ex.methods.datasets:
@@ -84,7 +100,8 @@ def expand(config: Any) -> list[Cell]:
     if ex.augment.enabled:
         available_methods((ex.augment.method,), grid_configs_dir(config))
         for arm in ex.augment.arms:
-            add("augment", ex.augment.method, ex.augment.dataset, arm, 1.0, "linear", ex.augment.dataset)
+            add("augment", ex.augment.method, ex.augment.dataset, arm, 1.0, "linear", ex.augment.dataset,
+                model=model_of(ex.augment.method, ex.augment.dataset))
     if ex.fractions.enabled:
         block("fractions", ex.fractions.dataset, ex.fractions.dataset, ex.fractions.fractions, ex.fractions.protocols,
               ex.fractions.baselines)

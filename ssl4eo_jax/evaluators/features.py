@@ -8,12 +8,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ssl4eo_jax.progress import progress as progress_bar
 
 from ssl4eo_jax import augment, sharding
 from ssl4eo_jax.data.pipeline import eval_batches
 from ssl4eo_jax.data.source import SplitSource
-from ssl4eo_jax.models.resnet import BN_MOMENTUM, ResNet
+from ssl4eo_jax.evaluators.encoders import Encoder
+from ssl4eo_jax.models.resnet import BN_MOMENTUM
+from ssl4eo_jax.progress import progress as progress_bar
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class FrozenEncoder:
     """Jitted inference-mode features and train-mode BatchNorm statistics of one encoder
     architecture and one evaluation view; compiled once, used for any variables and split."""
 
-    def __init__(self, encoder: ResNet, preprocess: Callable[[jnp.ndarray], jnp.ndarray], mesh: jax.sharding.Mesh,
+    def __init__(self, encoder: Encoder, preprocess: Callable[[jnp.ndarray], jnp.ndarray], mesh: jax.sharding.Mesh,
                  global_batch: int):
         self.mesh = mesh
         self.global_batch = global_batch
@@ -54,7 +55,7 @@ class FrozenEncoder:
         @jax.jit
         def batch_stats(variables: dict[str, Any], images: jnp.ndarray) -> Any:
             _, updates = encoder.apply(variables, preprocess(images), train=True, mutable=["batch_stats"])
-            return updates["batch_stats"]
+            return updates.get("batch_stats", {})
 
         self._forward, self._batch_stats = forward, batch_stats
 
@@ -84,8 +85,11 @@ class FrozenEncoder:
 
         For a randomly initialised encoder, whose stored statistics (mean 0, variance 1) are
         meaningless: this gives it the same "BN statistics from the data" that the reference
-        protocol's train-mode BN gives it, so the random-init baseline is not handicapped.
+        protocol's train-mode BN gives it, so the random-init baseline is not handicapped. An
+        encoder without BatchNorm (a ViT) is returned as it is.
         """
+        if not jax.tree.leaves(variables.get("batch_stats", {})):
+            return variables
         variables = sharding.replicate(variables, self.mesh)
         # With momentum m, one update from the stored statistics s0 gives m*s0 + (1-m)*batch; undo it.
         momentum = BN_MOMENTUM

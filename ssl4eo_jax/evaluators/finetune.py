@@ -14,7 +14,14 @@ and (with the encoder frozen) the reference linear-probe protocol.
   ``model.train()`` probe; evaluation then uses the updated running statistics.
 
 The head is ``Dense`` initialised N(0, 0.01) with zero bias (the reference's ``fc``); the loss is
-softmax cross-entropy, or sigmoid BCE (== ``MultiLabelSoftMarginLoss``) for multi-label data. The
+softmax cross-entropy, or sigmoid BCE (== ``MultiLabelSoftMarginLoss``) for multi-label data.
+
+The encoder is a ResNet or a ViT (``encoders.py``). A ViT fine-tunes with layer-wise lr decay when
+``config.train.layer_decay`` < 1 (MAE's recipe, ``layer_decay.py``), and always with MAE's
+``param_groups_lrd`` weight-decay groups (none on 1-D parameters, ``pos_embed`` and ``cls_token``).
+MAE's drop-path, mixup/cutmix, label smoothing, RandAugment and random erasing are not implemented,
+and its mean pooling (``config.eval.pool="mean"``) here averages the patch tokens after the
+pre-trained final norm instead of normalising their average with a new ``fc_norm``. The
 training runs in the loop pre-training runs (``loop.TrainLoop``): asynchronous metrics, the transfer
 guard, images/s, the NaN check, progress, and orbax checkpoints of the state, the data iterator and
 the config, so a killed run resumes where it stopped.
@@ -37,9 +44,11 @@ import optax
 from ssl4eo_jax import augment, rng, sharding
 from ssl4eo_jax.checkpoint import Checkpointer
 from ssl4eo_jax.data import pipeline
+from ssl4eo_jax.evaluators.encoders import Encoder, input_bands
+from ssl4eo_jax.evaluators.layer_decay import check_layer_decay, layer_decay_optimizer
 from ssl4eo_jax.evaluators.linear import classification_loss
 from ssl4eo_jax.loop import LoopSettings, TrainLoop
-from ssl4eo_jax.models.resnet import ResNet
+from ssl4eo_jax.models.vit import ViT
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.report import MetricsLog
 
@@ -47,7 +56,7 @@ from ssl4eo_jax.report import MetricsLog
 class Classifier(nn.Module):
     """encoder -> (stop-gradient when frozen) -> linear head; returns logits."""
 
-    encoder: ResNet
+    encoder: Encoder
     num_classes: int
     freeze_encoder: bool = False
 
@@ -67,8 +76,8 @@ class Classifier(nn.Module):
 class Task:
     """What to train: the encoder and its variables, the labels, and the input mapping."""
 
-    encoder: ResNet
-    variables: dict[str, Any]  # the encoder's {"params", "batch_stats"}
+    encoder: Encoder
+    variables: dict[str, Any]  # the encoder's {"params", "batch_stats"} ({} for a ViT)
     num_classes: int
     multi_label: bool
     mean: np.ndarray  # per band of the data, for (x - mean) / std
@@ -90,7 +99,7 @@ def batch_for(n: int, batch: int, devices: int) -> int:
 
 def _init_state(model: Classifier, task: Task, tx: optax.GradientTransformation, size: int, seed: int,
                 mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    num_bands = int(task.variables["params"]["conv1"]["kernel"].shape[2])
+    num_bands = input_bands(task.variables["params"])
     images = jax.ShapeDtypeStruct((2, size, size, num_bands), jnp.float32)
     dim = jax.eval_shape(lambda v, x: task.encoder.apply(v, x, train=False), task.variables, images).shape[-1]
 
@@ -103,11 +112,16 @@ def _init_state(model: Classifier, task: Task, tx: optax.GradientTransformation,
     return jax.jit(init, out_shardings=sharding.replicated(mesh))(task.variables)
 
 
-def _optimizer(cfg: Any, spe: float, n_steps: int, freeze: bool) -> tuple[optax.GradientTransformation, Callable]:
+def _optimizer(cfg: Any, spe: float, n_steps: int, freeze: bool, encoder: Encoder
+               ) -> tuple[optax.GradientTransformation, Callable]:
+    """``config.train.optim``; for a ViT being fine-tuned, in MAE's groups with ``layer_decay``."""
+    decay = check_layer_decay(cfg.get("layer_decay", 1.0), isinstance(encoder, ViT))
     tx, lr_fn = make_optimizer(cfg.optim, spe, n_steps)
     if freeze:  # only the head is optimised (its stop-gradient already zeroes the encoder's gradients)
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    {"encoder": "frozen", "head": "train"})
+    elif isinstance(encoder, ViT):
+        tx = layer_decay_optimizer(lambda c: make_optimizer(c, spe, n_steps)[0], cfg.optim, encoder.depth, decay)
     return tx, lr_fn
 
 
@@ -127,7 +141,9 @@ def _train_step(model: Classifier, task: Task, tx: optax.GradientTransformation,
         def loss_fn(params: Any) -> tuple[jax.Array, Any]:
             logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, view,
                                           train=True, mutable=["batch_stats"])
-            return classification_loss(logits, targets, task.multi_label), updates["batch_stats"]
+            # a ViT encoder has no BatchNorm statistics: keep its empty entry
+            return classification_loss(logits, targets, task.multi_label), {**state["batch_stats"],
+                                                                              **updates.get("batch_stats", {})}
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -154,7 +170,7 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
     spe = len(train_source) / batch
     n_steps = int(cfg.steps) if cfg.get("steps", 0) else max(1, int(np.ceil(cfg.epochs * spe)))
     model = Classifier(task.encoder, task.num_classes, freeze_encoder)
-    tx, lr_fn = _optimizer(cfg, spe, n_steps, freeze_encoder)
+    tx, lr_fn = _optimizer(cfg, spe, n_steps, freeze_encoder, task.encoder)
     state = _init_state(model, task, tx, cfg.aug.crop_size, cfg.seed, mesh)
     data_iter = pipeline.DeviceIterator(pipeline.train_dataset(train_source, batch, cfg.seed), mesh,
                                         workers=cfg.get("workers", 0))
@@ -180,5 +196,5 @@ def train_classifier(task: Task, cfg: Any, train_source: Any, mesh: jax.sharding
     summary = {"steps": n_steps, "batch": batch, "epochs": n_steps / spe, "resumed_from": start,
                "first_loss": result.first_loss, "last_loss": result.last.get("loss"),
                "compile_seconds": result.compile_seconds, "images_per_sec": result.images_per_sec,
-               "train_seconds": time.time() - began}
+               "layer_decay": float(cfg.get("layer_decay", 1.0)), "train_seconds": time.time() - began}
     return encoder, dict(state["params"]["head"]), summary

@@ -1,6 +1,7 @@
 """Linear probe on frozen features, trained on the device with optax.
 
-Features are standardised with the training split's mean and std (a parameter-free BatchNorm),
+Features are standardised with the training split's mean and std (a parameter-free BatchNorm: MAE's
+linear-probe head ``BatchNorm1d(affine=False)`` + ``Linear``, with the whole split's statistics),
 then one linear layer is trained with AdamW and a cosine schedule: softmax cross-entropy for
 single-label data, sigmoid binary cross-entropy for multi-label data. The weight decay is chosen
 from a grid on the validation split; all grid points train at once (``vmap``) in one jitted scan.

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 
 from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.evaluators.encoders import Encoder
 from ssl4eo_jax.evaluators.features import Features, FrozenEncoder, eval_preprocess
 from ssl4eo_jax.evaluators.knn import knn_scores
 from ssl4eo_jax.evaluators.linear import train_linear_probe
 from ssl4eo_jax.evaluators.metrics import classification_metrics, per_batch_metrics
-from ssl4eo_jax.models.resnet import ResNet
 
 BN_MODES = {"recompute": "re-estimated on clean train images (up to 20 eval batches)",
             "running": "the stored running statistics"}
@@ -33,7 +33,7 @@ def _targets(features: Features, multi_label: bool, num_classes: int) -> np.ndar
     return np.eye(num_classes, dtype=np.float32)[features.label]
 
 
-def frozen_encoder(encoder: ResNet, mesh: jax.sharding.Mesh, eval_cfg: Any, mean: np.ndarray, std: np.ndarray,
+def frozen_encoder(encoder: Encoder, mesh: jax.sharding.Mesh, eval_cfg: Any, mean: np.ndarray, std: np.ndarray,
                    bands: Callable[[Any], Any] | None = None) -> FrozenEncoder:
     """The compiled feature extractor of ``config.eval`` for an encoder architecture (``bands``: the
     mapping of the data's bands to the encoder's, see ``transfer.BandMap.apply``)."""

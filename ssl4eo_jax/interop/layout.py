@@ -2,7 +2,8 @@
 
 Parameter names map mechanically: a Flax module path becomes dotted torch module names (through a
 per-network ``module_name`` function) and the leaf becomes torch's (``kernel``/``scale`` ->
-``weight``, ``bias`` -> ``bias``, ``batch_stats`` ``mean``/``var`` -> ``running_mean``/``running_var``).
+``weight``, ``bias`` -> ``bias``, ``batch_stats`` ``mean``/``var`` -> ``running_mean``/``running_var``;
+a ViT's ``cls_token`` and ``pos_embed`` keep their names).
 Conv kernels are HWIO in Flax and OIHW in torch; Dense kernels (in, out) and Linear weights
 (out, in). Every transform is a transpose, so conversions in both directions are bit-exact.
 """
@@ -21,6 +22,8 @@ ModuleName = Callable[[str], str]
 LEAVES = {
     ("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
     ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var",
+    # a ViT's own parameters (not in a submodule), named alike in both
+    ("params", "cls_token"): "cls_token", ("params", "pos_embed"): "pos_embed",
 }
 BN_COUNTER = "num_batches_tracked"
 

@@ -1,5 +1,6 @@
-"""Loading encoders for evaluation: PyTorch ResNet weights (``load_torch_resnet``) and, through one
-entry point for both, our own run directories (``load_encoder_variables``)."""
+"""Loading encoders for evaluation: PyTorch ResNet weights (``load_torch_resnet``), timm ViT weights
+(``load_torch_vit``) and, through one entry point for all, our own run directories
+(``load_encoder_variables``)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,27 @@ from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.interop import normalisation as norm
 from ssl4eo_jax.interop.resnet_weights import detect_architecture, state_dict_to_encoder
 from ssl4eo_jax.interop.runs import restore_run, run_manifest
-from ssl4eo_jax.interop.state_dict import backbone_prefix, flat_arrays, read_file, summarise_keys, to_numpy
+from ssl4eo_jax.interop.state_dict import (
+    RESNET,
+    VIT,
+    Anchor,
+    InteropError,
+    backbone_prefix,
+    flat_arrays,
+    read_file,
+    summarise_keys,
+    to_numpy,
+)
+from ssl4eo_jax.interop.vit_weights import detect_vit, resample_variables, state_dict_to_vit
 from ssl4eo_jax.methods.base import build_encoder
 from ssl4eo_jax.models.resnet import ResNet
+from ssl4eo_jax.models.vit import ViT
 
 # Heads stored beside the backbone; none is part of the encoder.
 HEAD_GROUPS = ("fc", "projector", "projection_head", "prediction_head", "predictor", "head", "heads")
+# ... and beside a ViT: MAE's decoder and mask token (fc_norm: see load_torch_vit).
+VIT_HEAD_GROUPS = HEAD_GROUPS + ("fc_norm", "mask_token", "decoder_embed", "decoder_pos_embed", "decoder_blocks",
+                                 "decoder_norm", "decoder_pred")
 SIDECAR_MARK = "ssl4eo_jax_export"
 
 
@@ -50,15 +66,18 @@ class TorchResNet:
         return build_encoder(ml_collections.ConfigDict(self.model_cfg))
 
 
-def _split_heads(heads: dict[str, np.ndarray], notes: list[str]) -> dict[str, np.ndarray] | None:
-    """The plain ``fc`` classifier, if any; every other head is dropped with a note."""
-    fc = None
-    fc_keys = {k for k in heads if k.startswith("fc.")}
-    if fc_keys and fc_keys <= {"fc.weight", "fc.bias"} and np.ndim(heads.get("fc.weight")) == 2:
-        weight = heads.pop("fc.weight")
-        bias = heads.pop("fc.bias", np.zeros(weight.shape[0], weight.dtype))
+def _split_heads(heads: dict[str, np.ndarray], notes: list[str], classifier: str = "fc"
+                 ) -> dict[str, np.ndarray] | None:
+    """The plain Linear ``classifier`` (``fc``, timm ViT's ``head``), if any; every other head is
+    dropped with a note."""
+    fc, name = None, classifier
+    fc_keys = {k for k in heads if k.startswith(f"{name}.")}
+    if fc_keys and fc_keys <= {f"{name}.weight", f"{name}.bias"} and np.ndim(heads.get(f"{name}.weight")) == 2:
+        weight = heads.pop(f"{name}.weight")
+        bias = heads.pop(f"{name}.bias", np.zeros(weight.shape[0], weight.dtype))
         fc = {"kernel": np.ascontiguousarray(weight.T, np.float32), "bias": np.asarray(bias, np.float32)}
-        notes.append(f"fc (Linear {weight.shape[1]} -> {weight.shape[0]}) is not part of the encoder; kept as .fc")
+        notes.append(f"{name} (Linear {weight.shape[1]} -> {weight.shape[0]}) is not part of the encoder; "
+                     f"kept as .{name}")
     if heads:
         notes.append(f"dropped {len(heads)} projection/classification head keys: {summarise_keys(heads, depth=1)}")
     return fc
@@ -70,6 +89,22 @@ def _fold_conv1_bias(backbone: dict[str, np.ndarray], notes: list[str]) -> None:
     if bias is not None and "bn1.running_mean" in backbone:
         backbone["bn1.running_mean"] = (backbone["bn1.running_mean"] - bias).astype(np.float32)
         notes.append("folded conv1.bias into bn1.running_mean (exact: BatchNorm follows conv1)")
+
+
+def _read(source: str | os.PathLike | Mapping[str, Any], weights_only: bool) -> Mapping[str, Any]:
+    return read_file(os.fspath(source), weights_only) if isinstance(source, (str, os.PathLike)) else source
+
+
+def _backbone(obj: Mapping[str, Any], anchor: Anchor, prefix: str | None, key: str | None
+              ) -> tuple[dict[str, np.ndarray], str, list[str]]:
+    """The prefix-free numpy state_dict under the backbone's prefix (heads included), the prefix, and notes."""
+    flat, notes = flat_arrays(obj, key, (anchor,))
+    prefix, more = backbone_prefix(list(flat), prefix, anchor)
+    notes += more
+    outside = [k for k in flat if not k.startswith(prefix)]
+    if outside:
+        notes.append(f"ignored {len(outside)} keys outside the backbone prefix {prefix!r}: {summarise_keys(outside)}")
+    return {k[len(prefix):]: to_numpy(v) for k, v in flat.items() if k.startswith(prefix)}, prefix, notes
 
 
 def load_torch_resnet(source: str | os.PathLike | Mapping[str, Any], *, prefix: str | None = None,
@@ -87,14 +122,8 @@ def load_torch_resnet(source: str | os.PathLike | Mapping[str, Any], *, prefix: 
     Raises:
       InteropError: listing unexpected, missing and mis-shaped keys when the weights do not fit.
     """
-    obj = read_file(os.fspath(source), weights_only) if isinstance(source, (str, os.PathLike)) else source
-    flat, notes = flat_arrays(obj, key)
-    prefix, more = backbone_prefix(list(flat), prefix)
-    notes += more
-    outside = [k for k in flat if not k.startswith(prefix)]
-    if outside:
-        notes.append(f"ignored {len(outside)} keys outside the backbone prefix {prefix!r}: {summarise_keys(outside)}")
-    inside = {k[len(prefix):]: to_numpy(v) for k, v in flat.items() if k.startswith(prefix)}
+    obj = _read(source, weights_only)
+    inside, prefix, notes = _backbone(obj, RESNET, prefix, key)
     backbone = {k: v for k, v in inside.items() if k.split(".")[0] not in HEAD_GROUPS}
     fc = _split_heads({k: v for k, v in inside.items() if k not in backbone}, notes)
     model_cfg, num_bands = detect_architecture(backbone)
@@ -103,6 +132,85 @@ def load_torch_resnet(source: str | os.PathLike | Mapping[str, Any], *, prefix: 
     for note in notes:
         logging.info("load_torch_resnet: %s", note)
     return TorchResNet(model_cfg, num_bands, variables, fc, prefix, notes)
+
+
+@dataclasses.dataclass
+class TorchViT:
+    """A converted timm ViT.
+
+    Attributes:
+      model_cfg: the ``config.model`` section that builds the encoder (name, patch_size, depth, img_size, ...).
+      num_bands: input bands of the patch projection.
+      variables: encoder ``{"params", "batch_stats": {}}`` as float32 numpy arrays.
+      head: a plain ``head`` Linear classifier as ``{"kernel": (D, K), "bias": (K,)}``, else None.
+      prefix: the prefix the backbone had in the file, e.g. ``module.base_encoder.``.
+      grid: the checkpoint's own patch grid (its ``pos_embed``), before any resampling.
+      notes: what was ignored or adapted on the way.
+    """
+
+    model_cfg: dict[str, Any]
+    num_bands: int
+    variables: dict[str, Any]
+    head: dict[str, np.ndarray] | None
+    prefix: str
+    grid: int
+    notes: list[str]
+
+    def encoder(self) -> ViT:
+        return build_encoder(ml_collections.ConfigDict(self.model_cfg))
+
+
+def _vit(obj: Mapping[str, Any], where: str, *, prefix: str | None = None, key: str | None = None,
+         img_size: int | None = None, heads: int | None = None, pool: str = "token") -> TorchViT:
+    inside, prefix, notes = _backbone(obj, VIT, prefix, key)
+    backbone = {k: v for k, v in inside.items() if k.split(".")[0] not in VIT_HEAD_GROUPS}
+    if "fc_norm.weight" in inside and "norm.weight" not in backbone:
+        raise InteropError(f"{where}: the ViT has 'fc_norm.weight' and no 'norm.weight' (timm's global_pool='avg' "
+                           "norm after pooling), which ssl4eo-jax's ViT (norm, then pooling) cannot represent.")
+    head = _split_heads({k: v for k, v in inside.items() if k not in backbone}, notes, classifier="head")
+    model_cfg, num_bands = detect_vit(backbone, heads, pool, where)
+    variables = state_dict_to_vit(backbone, model_cfg, num_bands, where)
+    grid = model_cfg["img_size"] // model_cfg["patch_size"]
+    if img_size is not None and img_size != model_cfg["img_size"]:
+        notes.append(f"resampled pos_embed from {grid}x{grid} to {img_size // model_cfg['patch_size']}x"
+                     f"{img_size // model_cfg['patch_size']} patches (cubic, Keys a=-0.5; timm uses a=-0.75)")
+        variables, model_cfg = resample_variables(variables, model_cfg, img_size)
+    for note in notes:
+        logging.info("load_torch_vit: %s", note)
+    return TorchViT(model_cfg, num_bands, variables, head, prefix, grid, notes)
+
+
+def load_torch_vit(source: str | os.PathLike | Mapping[str, Any], *, prefix: str | None = None,
+                   key: str | None = None, img_size: int | None = None, heads: int | None = None,
+                   pool: str = "token", weights_only: bool = True) -> TorchViT:
+    """Converts a timm / torchgeo ``VisionTransformer`` state_dict (the SSL4EO-S12 ViT-S/16 layout,
+    any band count) into our ViT encoder variables.
+
+    Args:
+      source: a ``.pth``/``.pt``/``.safetensors`` path, or a loaded (possibly nested) state_dict.
+      prefix, key, weights_only: as ``load_torch_resnet`` (``module.``, ``backbone.``, ``encoder.``,
+        ``module.base_encoder.``, ...; ``state_dict``/``model``/``teacher`` nesting).
+      img_size: the input size to build for; ``pos_embed`` is resampled when its grid differs
+        (``vit_weights`` explains how). Default: the checkpoint's own grid times the patch size.
+      heads: the attention head count, which timm state_dicts do not store (default: the size's).
+      pool: "token" (class token, timm's default) or "mean" (mean of the normed patch tokens).
+    Raises:
+      InteropError: one line naming the file and the missing, unexpected or mis-shaped keys.
+    """
+    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the state_dict"
+    return _vit(_read(source, weights_only), where, prefix=prefix, key=key, img_size=img_size, heads=heads, pool=pool)
+
+
+def load_torch_weights(source: str | os.PathLike | Mapping[str, Any], *, key: str | None = None,
+                       weights_only: bool = True, **kwargs: Any) -> TorchResNet | TorchViT:
+    """A ResNet (``load_torch_resnet``) or a ViT (``load_torch_vit``) state_dict, told apart by its keys
+    (``patch_embed.proj.weight``: a ViT); ``kwargs`` go to that loader."""
+    obj = _read(source, weights_only)
+    flat, _ = flat_arrays(obj, key, (RESNET, VIT))
+    if not any(k.endswith(VIT.stem) for k in flat):
+        return load_torch_resnet(obj, key=key, **kwargs)
+    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "the state_dict"
+    return _vit(obj, where, key=key, **kwargs)
 
 
 def sidecar_path(weights_path: str) -> str:
@@ -148,7 +256,7 @@ class LoadedEncoder:
 def load_encoder(path: str, expected_bands: int | Sequence[str] | None = None,
                  normalisation: str | dict[str, Any] | None = None, **torch_kwargs: Any) -> LoadedEncoder:
     """The encoder of an evaluator's ``--config.checkpoint``: one of our run directories (workdir,
-    ``checkpoints/`` or a step), or a PyTorch weights file.
+    ``checkpoints/`` or a step), or a PyTorch weights file (a ResNet or a ViT, ``load_torch_weights``).
 
     Normalisation, unless given: for our runs the evaluation dataset's own statistics, as in
     pre-training (preset ``dataset``); for a file, its export sidecar's, else ``ssl4eo_s12``
@@ -162,7 +270,7 @@ def load_encoder(path: str, expected_bands: int | Sequence[str] | None = None,
         bands = manifest.bands if manifest is not None else None
         spec = normalisation or "dataset"
     else:
-        weights = load_torch_resnet(path, **torch_kwargs)
+        weights = load_torch_weights(path, **torch_kwargs)
         sidecar = read_sidecar(path) or {}
         model_cfg, variables, num_bands = weights.model_cfg, weights.variables, weights.num_bands
         spec = normalisation or sidecar.get("normalisation")

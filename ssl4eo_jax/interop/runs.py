@@ -35,7 +35,9 @@ class RunCheckpoint:
 
     @property
     def num_bands(self) -> int:
-        return int(self.state["params"]["encoder"]["conv1"]["kernel"].shape[2])
+        """Input bands of the encoder's stem: a ResNet's ``conv1``, a ViT's ``patch_embed``."""
+        encoder = self.state["params"]["encoder"]
+        return int(encoder["conv1" if "conv1" in encoder else "patch_embed"]["kernel"].shape[2])
 
 
 def find_step_dir(path: str) -> str:

@@ -1,9 +1,10 @@
 """PyTorch state_dicts as flat ``{name: numpy array}`` dicts: reading and writing ``.pth``/``.pt``
 (needs torch) and ``.safetensors`` (numpy only), unwrapping the nested dicts of training checkpoints,
-and finding the ResNet backbone's prefix in them."""
+and finding a backbone's prefix in them (a ResNet or a ViT, by its ``Anchor`` keys)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,8 +18,20 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 NESTED_KEYS = ("state_dict", "model", "teacher", "student", "model_state", "network", "net")
 # Backbones that are not the one to evaluate: MoCo's key encoder, momentum/EMA/target copies.
 IGNORED_BACKBONES = ("encoder_k", "momentum", "target", "ema")
-STEM_KEY = "conv1.weight"
-FIRST_BLOCK_KEY = "layer1.0.conv1.weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class Anchor:
+    """How a backbone shows in a state_dict: its ``stem`` key, and a ``companion`` key that sits
+    under the same prefix (telling the backbone from a lone layer of the same name)."""
+
+    what: str
+    stem: str
+    companion: str
+
+
+RESNET = Anchor("ResNet", "conv1.weight", "layer1.0.conv1.weight")
+VIT = Anchor("ViT", "patch_embed.proj.weight", "pos_embed")
 
 
 class InteropError(UserError):
@@ -67,18 +80,22 @@ def read_file(path: str, weights_only: bool = True) -> Mapping[str, Any]:
         raise InteropError(f"Could not read {path} with torch.load: {e}") from e
 
 
-def flat_arrays(obj: Mapping[str, Any], key: str | None = None) -> tuple[dict[str, Any], list[str]]:
-    """The flat dict of tensors holding the weights, descending into ``key`` or the usual nested
-    dicts (``state_dict``, ``model``, ``teacher``, ...); returns it and notes on what was chosen."""
+def flat_arrays(obj: Mapping[str, Any], key: str | None = None, anchors: tuple[Anchor, ...] = (RESNET,)
+                ) -> tuple[dict[str, Any], list[str]]:
+    """The flat dict of tensors holding the weights (of one of ``anchors``' backbones), descending
+    into ``key`` or the usual nested dicts (``state_dict``, ``model``, ``teacher``, ...); returns it
+    and notes on what was chosen."""
     notes = []
     if key is not None:
         if not isinstance(obj.get(key), Mapping):
             raise InteropError(f"The checkpoint has no nested dict {key!r}; its keys: {summarise_keys(obj)}.")
         obj, notes = obj[key], [f"using the nested {key!r} dict"]
-    while not any(str(k).endswith(STEM_KEY) and _is_array(v) for k, v in obj.items()):
+    stems = tuple(a.stem for a in anchors)
+    while not any(str(k).endswith(stems) and _is_array(v) for k, v in obj.items()):
         nested = [k for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)]
         if not nested:
-            raise InteropError(f"No ResNet weights ('...{STEM_KEY}') found; "
+            what = " or ".join(a.what for a in anchors)
+            raise InteropError(f"No {what} weights ({' or '.join(repr('...' + s) for s in stems)}) found; "
                                f"the checkpoint's keys: {summarise_keys(obj)}.")
         others = f" (also has {nested[1:]}; choose with key=...)" if len(nested) > 1 else ""
         notes.append(f"using the nested {nested[0]!r} dict{others}")
@@ -96,19 +113,24 @@ def _ignored(prefix: str) -> bool:
     return any(matches(part, word) for part in prefix.split(".") for word in IGNORED_BACKBONES)
 
 
-def backbone_prefix(keys: list[str], prefix: str | None = None) -> tuple[str, list[str]]:
-    """The prefix before ``conv1.weight`` of the ResNet in ``keys`` (e.g. ``module.encoder_q.``)."""
-    names = set(keys)
-    found = sorted({k[: -len(STEM_KEY)] for k in names
-                    if k.endswith(STEM_KEY) and k[: -len(STEM_KEY)] + FIRST_BLOCK_KEY in names})
+def backbone_prefix(keys: list[str], prefix: str | None = None, anchor: Anchor = RESNET) -> tuple[str, list[str]]:
+    """The prefix before the stem (``conv1.weight``, ``patch_embed.proj.weight``) of the backbone in
+    ``keys`` (e.g. ``module.encoder_q.``)."""
+    names, stem, what = set(keys), anchor.stem, anchor.what
+    found = sorted({k[: -len(stem)] for k in names
+                    if k.endswith(stem) and k[: -len(stem)] + anchor.companion in names})
     if prefix is not None:
         if prefix not in found:
-            raise InteropError(f"No ResNet under prefix {prefix!r}; ResNets found under {found}.")
+            raise InteropError(f"No {what} under prefix {prefix!r}; {what}s found under {found}.")
         return prefix, []
     used = [p for p in found if not _ignored(p)]
+    lone = sorted(k[: -len(stem)] for k in names if k.endswith(stem) and not _ignored(k[: -len(stem)]))
+    if not found and lone:
+        raise InteropError(f"The {what} weights have {lone[0] + stem!r} but no {lone[0] + anchor.companion!r}: "
+                           "the state_dict is truncated or not a whole backbone; save every key of the model.")
     if len(used) != 1:
         raise InteropError(
-            f"Found {len(used)} candidate ResNets under prefixes {used or found} (ignoring {IGNORED_BACKBONES}); "
+            f"Found {len(used)} candidate {what}s under prefixes {used or found} (ignoring {IGNORED_BACKBONES}); "
             "choose one with prefix=...")
     skipped = [p for p in found if p not in used]
     notes = [f"ignored the backbone(s) under {skipped}"] if skipped else []

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from ssl4eo_jax import losses, rng
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.models.resnet import ResNet, resnet
+from ssl4eo_jax.models.vit import ViT, is_vit, vit
 from ssl4eo_jax.optim import ParamGroups
 from ssl4eo_jax.precision import compute_dtype
 
@@ -49,7 +50,7 @@ class TrainLength:
 
 class Method(Protocol):
     name: str
-    encoder: ResNet
+    encoder: ResNet | ViT
 
     def init(self, key: jax.Array, images: jnp.ndarray) -> tuple[dict[str, Any], Any]:
         """Returns ``{"params": ..., "batch_stats": ...}`` and the method's extra state; ``key`` is
@@ -86,7 +87,7 @@ class MethodBase:
         variables = self.net.init(key, images, train=True)
         encoder = init_encoder(self.encoder, key, images)
         params = {**variables["params"], "encoder": encoder["params"]}
-        batch_stats = {**variables["batch_stats"], "encoder": encoder["batch_stats"]}
+        batch_stats = {**variables.get("batch_stats", {}), "encoder": encoder["batch_stats"]}
         return {"params": params, "batch_stats": batch_stats}, {}
 
     def after_update(self, params: Any, extra: Any, step: jnp.ndarray) -> tuple[Any, Any]:
@@ -103,8 +104,19 @@ def require_length(length: TrainLength | None, method: str) -> TrainLength:
     return length
 
 
-def build_encoder(model_cfg: Any) -> ResNet:
-    """The ResNet encoder of ``config.model``."""
+def build_encoder(model_cfg: Any) -> ResNet | ViT:
+    """The encoder of ``config.model``: a ResNet, or a ViT (``vit_*`` names, ``models/vit.py``)."""
+    if is_vit(model_cfg.name):
+        return vit(
+            model_cfg.name,
+            patch_size=model_cfg.get("patch_size"),
+            depth=model_cfg.get("depth"),
+            img_size=model_cfg.get("img_size", 224),
+            pool=model_cfg.get("pool", "token"),
+            pos_embed=model_cfg.get("pos_embed", "learned"),
+            weight_init=model_cfg.get("weight_init", "xavier"),
+            dtype=compute_dtype(model_cfg.get("dtype", "auto")),
+        )
     return resnet(
         model_cfg.name,
         stem=model_cfg.get("stem", "imagenet"),
@@ -119,11 +131,12 @@ def method_key(seed: int, step: jnp.ndarray) -> jax.Array:
     return jax.random.fold_in(rng.stream(seed, "method"), step)
 
 
-def init_encoder(encoder: ResNet, init_key: jax.Array, images: jnp.ndarray) -> dict[str, Any]:
+def init_encoder(encoder: ResNet | ViT, init_key: jax.Array, images: jnp.ndarray) -> dict[str, Any]:
     """The encoder's initial ``{"params", "batch_stats"}`` from the ``init/encoder`` stream of
-    ``init_key`` (``rng.stream(seed, "init")``): a pure function of the seed and the model config."""
+    ``init_key`` (``rng.stream(seed, "init")``): a pure function of the seed and the model config.
+    A ViT has no BatchNorm: its ``batch_stats`` are ``{}``."""
     variables = encoder.init(rng.derive(init_key, "init/encoder"), images, train=False)
-    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def encoder_variables(variables: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.models.resnet import ResNet
 
@@ -55,7 +56,8 @@ def apply_train(net: nn.Module, params: Any, batch_stats: Any, x: Any, method: s
     """``net`` in training mode; returns (output, updated batch_stats)."""
     out, updates = net.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"],
                              method=method, **kwargs)
-    return out, updates["batch_stats"]
+    # a module without BatchNorm (a ViT encoder) has no statistics to update: keep its empty entry
+    return out, {**batch_stats, **updates.get("batch_stats", {})}
 
 
 def forward_separate(net: nn.Module, params: Any, batch_stats: Any, views: Sequence[jnp.ndarray], **kwargs: Any

@@ -17,9 +17,15 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from ssl4eo_jax.errors import ConfigError
 from ssl4eo_jax.presets import pretrain as common
 
 REFERENCE_GLOBAL_BATCH = 1024
+# Recipes of config.train (``--config=configs/eval/finetune.py:<dataset>,recipe=<name>``).
+RECIPES = ("reference", "mae")
+# config.model keys of a ViT (ssl4eo_jax/models/vit.py), for checkpoint="random"; unset: the name's.
+VIT_MODEL_KEYS = {"patch_size": config_dict.placeholder(int), "depth": config_dict.placeholder(int), "pool": "token",
+                  "pos_embed": "learned", "weight_init": "xavier"}
 
 # REFERENCE_SETTINGS.md 1.7. Linear probes: BigEarthNet (MoCo/SimSiam/SwAV RN18, 100 %), So2Sat
 # (MoCo RN18), EuroSAT transfer (MoCo RN18); other datasets use BigEarthNet's. Fine-tuning: BigEarthNet.
@@ -61,11 +67,51 @@ def train_config(kind: str, name: str, p: dict) -> ml_collections.ConfigDict:
     train.aug = common.aug_config(p["crop_size"], ops)
     train.aug.global_views = 1
     train.aug.crop.scale = (0.08, 1.0)
+    train.layer_decay = 1.0  # < 1: layer-wise lr decay of a ViT's blocks (MAE's recipe); 1.0: off (ResNets)
     return train
 
 
+def mae_finetune_recipe(config: ml_collections.ConfigDict) -> None:
+    """MAE's fine-tuning recipe (facebookresearch/mae FINETUNE.md, ``main_finetune.py``, ViT-B):
+    AdamW (betas 0.9, 0.999), blr 5e-4 at batch 256 (``lr = blr * batch / 256``; ViT-L/H: 1e-3),
+    weight decay 0.05 (none on 1-D parameters, ``pos_embed``, ``cls_token``), layer-wise lr decay
+    0.65 (ViT-L/H: 0.75), 5 warm-up epochs then a cosine to 0 (MAE: to ``min_lr`` 1e-6), 100 epochs,
+    RandomResizedCrop + flip, the mean of the patch tokens as the feature (``global_pool``). Not
+    implemented: drop-path 0.1, mixup 0.8 / cutmix 1.0, label smoothing 0.1, RandAugment, random
+    erasing 0.25, and ``fc_norm`` (the mean here is of the tokens after the pre-trained final norm)."""
+    train = config.train
+    train.epochs = 100.0
+    train.base_lr = 5e-4  # MAE's blr: at a batch of 256
+    train.layer_decay = 0.65
+    train.optim = ml_collections.ConfigDict({
+        "name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 5.0,
+        "end_lr_fraction": 0.0,
+    })
+    train.optim.lr = train.get_ref("base_lr") * train.get_ref("batch") / common.REFERENCE_BATCH
+    config.eval.pool = "mean"
+    config.model.name = "vit_b16"  # checkpoint="random": a ViT-B/16 trained from scratch
+
+
+def split_recipe(arg: str | None) -> tuple[str | None, str]:
+    """``"<dataset>[,recipe=<name>][,...]"`` -> (the argument without the recipe, the recipe)."""
+    rest, recipe = [], "reference"
+    for part in (arg or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "recipe":
+            recipe = value
+        elif part.strip():
+            rest.append(part.strip())
+    if recipe not in RECIPES:
+        raise ConfigError(f"Unknown recipe {recipe!r} in {arg!r}; choose one of {', '.join(RECIPES)}.")
+    return ",".join(rest) or None, recipe
+
+
 def get_eval_config(task: str, arg: str | None) -> ml_collections.ConfigDict:
-    """The config of one evaluation task on the target dataset preset ``arg``."""
+    """The config of one evaluation task on the target dataset preset ``arg`` (with
+    ``recipe=mae``, fine-tuning in MAE's recipe)."""
+    arg, recipe = split_recipe(arg)
+    if recipe != "reference" and task != "finetune":
+        raise ConfigError(f"recipe={recipe} is a fine-tuning recipe: use configs/eval/finetune.py.")
     name, p = common.preset(arg)
     config = ml_collections.ConfigDict()
     config.task = task
@@ -75,6 +121,9 @@ def get_eval_config(task: str, arg: str | None) -> ml_collections.ConfigDict:
     config.seed = 0  # the random-init encoder's
     config.data = common.data_config(name)
     config.model = common.model_config(p["stem"])  # only for checkpoint="random"
+    for key, value in VIT_MODEL_KEYS.items():  # used when config.model.name is a ViT (vit_tiny, vit_s16, vit_b16)
+        if key not in config.model:
+            config.model[key] = value
     config.train = train_config("finetune" if task == "finetune" else "linear", name, p)
     config.eval = common.eval_config(p, config.train.aug.get_ref("crop_size"))
     config.eval.protocol = "ours"  # linear: "ours" (frozen features) or "reference" (see linear.py config)
@@ -82,4 +131,11 @@ def get_eval_config(task: str, arg: str | None) -> ml_collections.ConfigDict:
     config.eval.fraction_seed = 42  # the reference's random_subset seed
     config.eval.fraction_with_replacement = False  # True: the reference's sampling (duplicates possible)
     config.eval.per_batch_metric = False  # True: the reference's metric averaged over eval batches
+    # A ViT's feature: "token" (class token) or "mean" (mean of the patch tokens); unset: the
+    # encoder's own (a run's config.model.pool, config.model.pool for "random"). ResNets: "mean" only.
+    config.eval.pool = config_dict.placeholder(str)
+    if "img_size" not in config.model:  # a ViT's position embeddings, for checkpoint="random"
+        config.model.img_size = config.train.aug.get_ref("crop_size")
+    if recipe == "mae":
+        mae_finetune_recipe(config)
     return config

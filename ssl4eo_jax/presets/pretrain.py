@@ -50,16 +50,22 @@ AUG_STUDY = {
 }
 
 
+CONFIG_OPTIONS = ("aug", "arch")  # aug: an AUG_STUDY arm; arch: resnet or vit (a method's ViT recipe)
+
+
 def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
-    """``"<dataset>[,key=value...]"`` -> (dataset, options); e.g. ``"bigearthnet,aug=crop_only_0.8"``."""
+    """``"<dataset>[,key=value...]"`` -> (dataset, options); e.g. ``"bigearthnet,aug=crop_only_0.8"``,
+    ``"demo,arch=vit"``."""
     parts = [p.strip() for p in (arg or "demo").split(",") if p.strip()]
     name, options = (parts[0] if parts else "demo"), {}
     for part in parts[1:]:
         if "=" not in part:
             raise ConfigError(f"Config option {part!r} in {arg!r} must look like key=value (e.g. aug=no_blur).")
         key, value = part.split("=", 1)
-        if key not in ("aug",):
-            raise ConfigError(f"Unknown config option {key!r} in {arg!r}; known: aug.")
+        if key not in CONFIG_OPTIONS:
+            raise ConfigError(f"Unknown config option {key!r} in {arg!r}; known: {', '.join(CONFIG_OPTIONS)}.")
+        if key == "arch" and value not in ("resnet", "vit"):
+            raise ConfigError(f"Config option arch={value!r} in {arg!r}; use arch=resnet or arch=vit.")
         options[key] = value
     return name, options
 
@@ -138,6 +144,34 @@ def model_config(stem: str) -> ml_collections.ConfigDict:
         {"name": "resnet18", "stem": stem, "width": 64, "zero_init_residual": False, "dtype": "auto"})
 
 
+def arch(arg: str | None, default: str = "resnet") -> str:
+    """The ``arch=`` option of the config argument (``resnet`` or ``vit``), else ``default``."""
+    return parse_arg(arg)[1].get("arch", default)
+
+
+def vit_section(name: str, img_size: Any, patch_size: int | None = None, pos_embed: str = "learned",
+                weight_init: str = "xavier", dtype: str = "auto") -> ml_collections.ConfigDict:
+    """``config.model`` for the ViT ``name`` (``models/vit.py`` ``VIT_SIZES``: its depth, and its patch
+    size unless ``patch_size``); its position embeddings are for ``img_size`` px (a value or a
+    ``FieldReference`` that follows the crop size)."""
+    from ssl4eo_jax.models.vit import VIT_SIZES  # the presets stay importable without the models
+
+    _, depth, _, patch = VIT_SIZES[name]
+    return ml_collections.ConfigDict({
+        "name": name, "patch_size": patch_size or patch, "depth": depth, "img_size": img_size, "pool": "token",
+        "pos_embed": pos_embed, "weight_init": weight_init, "dtype": dtype,
+    })
+
+
+def vit_model_config(arg: str | None, crop_size: config_dict.FieldReference, pos_embed: str = "learned",
+                     weight_init: str = "xavier") -> ml_collections.ConfigDict:
+    """``config.model`` for a ViT: SSL4EO-S12's ViT-S/16 on the dataset presets; on the demo presets
+    timm's ViT-Ti (192 wide, 12 blocks, 3 heads) with 8 px patches, so a 32 px crop is 4 x 4 patches
+    (a 16 px patch would leave 2 x 2). ``img_size`` follows the crop size."""
+    demo = is_demo(arg)
+    return vit_section("vit_tiny" if demo else "vit_s16", crop_size, 8 if demo else None, pos_embed, weight_init)
+
+
 def eval_config(p: dict, size: config_dict.FieldReference) -> ml_collections.ConfigDict:
     """``config.eval``: the frozen-encoder protocols (evaluation view, kNN, our linear probe)."""
     ev = ml_collections.ConfigDict()
@@ -170,6 +204,9 @@ def base_config(method: str, arg: str | None) -> ml_collections.ConfigDict:
                                                 # a process silent this long is taken for dead and the
                                                 # others stop (jax.distributed's heartbeat timeout)
                                                 "heartbeat_seconds": 100})
+    # model > 1: a 2-D (data, model) mesh, parameters and optimizer state sharded over `model` (FSDP,
+    # ssl4eo_jax/sharding.py) for models that do not fit one device; 1: replicated (data parallel)
+    config.mesh = ml_collections.ConfigDict({"model": 1})
     config.data = data_config(name)
     config.model = model_config(p["stem"])
 
