@@ -30,6 +30,7 @@ from ssl4eo_jax.evaluators import BN_MODES, evaluate_frozen, frozen_encoder, rec
 from ssl4eo_jax.loop import LoopSettings, TrainLoop
 from ssl4eo_jax.methods import TrainLength, get_method
 from ssl4eo_jax.methods.base import Method, encoder_variables, evaluated_encoder, evaluated_network, method_key
+from ssl4eo_jax.models.resnet import ResNet
 from ssl4eo_jax.monitor import TrainingMonitor
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.profiling import StepProfiler, profile_window
@@ -181,7 +182,8 @@ def evaluate_encoders(config: ml_collections.ConfigDict, method: Method, monitor
     trained_vars = best[0] if best else state
     return {
         "evaluated_checkpoint": {"which": "best" if best else "last", "step": best[1] if best else n_steps},
-        "eval_bn": BN_MODES[config.eval.get("bn", "recompute")],
+        "eval_bn": BN_MODES[config.eval.get("bn", "recompute")] if isinstance(method.encoder, ResNet)
+        else "none (the encoder has no BatchNorm)",
         "evaluated_network": evaluated_network(config.method),
         "pretrained": evaluate_frozen(frozen, evaluated_encoder(trained_vars, config.method), inputs.sources,
                                       config.eval, "pre-trained", recompute_bn=recompute),
