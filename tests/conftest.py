@@ -56,3 +56,13 @@ def tiny_config(data_dir: str, **overrides):
     config.eval.linear.epochs = 5
     apply_overrides(config, overrides)
     return config
+
+
+@pytest.fixture
+def x64():
+    """float64 JAX for the test (the losses' NumPy re-derivations are float64)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)

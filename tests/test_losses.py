@@ -33,13 +33,6 @@ def numpy_barlow_twins(z1: np.ndarray, z2: np.ndarray, lambd: float) -> float:
     return loss
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 @pytest.mark.parametrize("n,d,lambd", [(8, 5, 0.0051), (16, 7, 0.1), (5, 12, 1.0)])
 def test_barlow_twins_matches_numpy(x64, n, d, lambd):
     rng = np.random.default_rng(n * d)

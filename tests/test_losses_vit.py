@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpy_losses as ref
 import pytest
-from test_losses import check_gradients, finite_differences, normal, x64  # noqa: F401 (the x64 fixture)
+from test_losses import check_gradients, finite_differences, normal
 
 from ssl4eo_jax import losses
 
