@@ -60,7 +60,7 @@ def load_target_encoder(config: ml_collections.ConfigDict, manifest: Manifest) -
     """``config.checkpoint`` (run dir, weights file or ``random``) with its bands mapped onto ``manifest``'s,
     pooling as ``config.eval.pool`` says (unset: the encoder's own)."""
     enc = _load_encoder(config, manifest)
-    return dataclasses.replace(enc, module=with_pool(enc.module, (config.get("eval") or {}).get("pool")))
+    return dataclasses.replace(enc, module=with_pool(enc.module, config.eval.get("pool")))
 
 
 def _load_encoder(config: ml_collections.ConfigDict, manifest: Manifest) -> Encoder:

@@ -65,7 +65,7 @@ def test_every_method_and_evaluate_start_from_one_encoder_per_seed(demo_dir):
         model = repr(sorted(config.model.to_dict().items()))
         if model not in by_model:
             eval_cfg = ml_collections.ConfigDict({"checkpoint": "random", "seed": config.seed,
-                                                  "model": config.model.to_dict(), "train": {"aug": {"crop_size": 48}}})
+                                                  "model": config.model.to_dict(), "train": {"aug": {"crop_size": 48}}, "eval": {}})
             evaluated = load_target_encoder(eval_cfg, manifest).variables
             by_model[model] = {"evaluate": (evaluated["params"], evaluated["batch_stats"])}
         by_model[model][name] = (variables["params"]["encoder"], variables["batch_stats"]["encoder"])
@@ -80,6 +80,6 @@ def test_every_method_and_evaluate_start_from_one_encoder_per_seed(demo_dir):
         np.testing.assert_array_equal(k, kernels[0])
     # Another seed, another encoder.
     eval_cfg = ml_collections.ConfigDict({"checkpoint": "random", "seed": config.seed + 1,
-                                          "model": config.model.to_dict(), "train": {"aug": {"crop_size": 48}}})
+                                          "model": config.model.to_dict(), "train": {"aug": {"crop_size": 48}}, "eval": {}})
     other = load_target_encoder(eval_cfg, manifest).variables
     assert not np.array_equal(other["params"]["conv1"]["kernel"], kernels[0])

@@ -13,20 +13,11 @@ from typing import Any
 import ml_collections
 
 from ssl4eo_jax.errors import ConfigError
-from ssl4eo_jax.models.resnet import STAGE_SIZES
+from ssl4eo_jax.models import RESNETS, VITS, check_model
 from ssl4eo_jax.models.vit import VIT_SIZES, is_vit
 from ssl4eo_jax.presets.pretrain import apply_overrides, model_config, vit_section
 
-RESNETS = tuple(STAGE_SIZES)
-VITS = tuple(VIT_SIZES)
-MODELS = RESNETS + VITS
 SIZE_KEYS = ("depth", "patch_size")  # what a ViT's name decides
-
-
-def check_model(name: str, what: str = "config.model.name") -> str:
-    if name not in MODELS:
-        raise ConfigError(f"Unknown model {name!r} ({what}); choose one of {', '.join(MODELS)}.")
-    return name
 
 
 def default_section(name: str, img_size: int, dtype: str = "auto") -> ml_collections.ConfigDict:

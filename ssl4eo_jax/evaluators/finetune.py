@@ -48,6 +48,7 @@ from ssl4eo_jax.evaluators.encoders import Encoder, input_bands
 from ssl4eo_jax.evaluators.layer_decay import check_layer_decay, layer_decay_optimizer
 from ssl4eo_jax.evaluators.linear import classification_loss
 from ssl4eo_jax.loop import LoopSettings, TrainLoop
+from ssl4eo_jax.methods.nets import apply_train
 from ssl4eo_jax.models.vit import ViT
 from ssl4eo_jax.optim import make_optimizer
 from ssl4eo_jax.report import MetricsLog
@@ -139,11 +140,8 @@ def _train_step(model: Classifier, task: Task, tx: optax.GradientTransformation,
         targets = batch["multi_hot"] if task.multi_label else jax.nn.one_hot(batch["label"], task.num_classes)
 
         def loss_fn(params: Any) -> tuple[jax.Array, Any]:
-            logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, view,
-                                          train=True, mutable=["batch_stats"])
-            # a ViT encoder has no BatchNorm statistics: keep its empty entry
-            return classification_loss(logits, targets, task.multi_label), {**state["batch_stats"],
-                                                                              **updates.get("batch_stats", {})}
+            logits, batch_stats = apply_train(model, params, state["batch_stats"], view)
+            return classification_loss(logits, targets, task.multi_label), batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from ssl4eo_jax import losses, rng
 from ssl4eo_jax.errors import ConfigError
+from ssl4eo_jax.models import check_model
 from ssl4eo_jax.models.resnet import ResNet, resnet
 from ssl4eo_jax.models.vit import ViT, is_vit, vit
 from ssl4eo_jax.optim import ParamGroups
@@ -106,6 +107,7 @@ def require_length(length: TrainLength | None, method: str) -> TrainLength:
 
 def build_encoder(model_cfg: Any) -> ResNet | ViT:
     """The encoder of ``config.model``: a ResNet, or a ViT (``vit_*`` names, ``models/vit.py``)."""
+    check_model(model_cfg.name)
     if is_vit(model_cfg.name):
         return vit(
             model_cfg.name,
